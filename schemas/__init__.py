@@ -1,0 +1,1 @@
+"""The contracts shared by the stream worker and batch training: records, topics, artifacts."""
