@@ -229,11 +229,13 @@ def read_artifact(directory: str | os.PathLike[str]) -> Artifact:
             raise ArtifactError(f"{root / MANIFEST}: no checksum recorded for {name}")
         got = sha256_file(path)
         if got != want:
-            raise ArtifactError(f"{path}: sha256 {got[:12]}... does not match manifest {want[:12]}...")
+            raise ArtifactError(
+                f"{path}: sha256 {got[:12]}... does not match the manifest's {want[:12]}..."
+            )
     try:
         with np.load(root / WEIGHTS, allow_pickle=False) as npz:
             weights = {name: npz[name] for name in npz.files}
-    except Exception as exc:  # noqa: BLE001 - any decoding failure means a bad file
+    except Exception as exc:  # any decoding failure means a bad file
         raise ArtifactError(f"{root / WEIGHTS}: unreadable: {exc}") from None
     _check_weights(manifest, weights, str(root / WEIGHTS))
     try:
