@@ -1,0 +1,316 @@
+"""The serving path: a numpy GRU step over a micro-batch and a FAISS top-K search.
+
+The worker, the hot swap and replay all score sessions through `ServingModel`, so what is
+measured offline is what is served. The GRU equations are the ones fixed in
+`schemas.artifact` (torch GRUCell conventions); `scores` equals the torch model's output for
+the same prefix, and `recommend` returns the same top-K from FAISS.
+
+State layout: one float32 array (B, n_layers, H_max) per batch; layer l uses the first
+layers[l] columns. A row of zeros is the start of a session. An unknown item (index -1)
+leaves its row unchanged, so a session whose items were all unknown keeps an all-zero state
+and gets the popularity fallback from `recommend`.
+
+Search: the output bias is folded into the inner product by one extra dimension,
+query [h, 1] . item [Wy_i, by_i] = h . Wy_i + by_i, so the top-K by inner product is the
+top-K by score. Exact search (IndexFlatIP) up to `exact_max_items` items, HNSW above.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from schemas.artifact import Artifact
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    # Exact search is fast enough up to ~100k items at micro-batch sizes; HNSW above.
+    exact_max_items: int = 100_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    # Precompute item -> first-layer input gates when the table stays below this size.
+    gate_table_max_bytes: int = 512 * 1024 * 1024
+    # FAISS OpenMP threads; one per worker so workers scale by process, not by thread.
+    faiss_threads: int = 1
+    # Threads for building an HNSW index only (a one-off cost at load or swap time).
+    build_threads: int = 1
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # The tanh form never overflows, unlike 1 / (1 + exp(-x)) for large negative x.
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def pad_ragged(rows: Sequence[Sequence[int]] | np.ndarray | None, n: int) -> np.ndarray | None:
+    """Item-index lists of any lengths -> (n, max_len) int64, padded with -1."""
+    if rows is None:
+        return None
+    if isinstance(rows, np.ndarray) and rows.ndim == 2:
+        return rows.astype(np.int64, copy=False)
+    if len(rows) != n:
+        raise ValueError(f"exclude has {len(rows)} rows, the batch has {n}")
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((n, max(width, 1)), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        if len(r):
+            out[i, : len(r)] = r
+    return out
+
+
+def _first_valid(
+    labels: np.ndarray, scores: np.ndarray, valid: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the first k entries where `valid` holds, in order; -1 / -inf where short."""
+    # A stable sort of ~valid moves the valid columns to the front without reordering them.
+    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(labels, order, axis=1)
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    ok = np.take_along_axis(valid, order, axis=1)
+    top[~ok] = -1
+    top_scores[~ok] = -np.inf
+    if top.shape[1] < k:  # catalogue smaller than k
+        pad = k - top.shape[1]
+        top = np.pad(top, ((0, 0), (0, pad)), constant_values=-1)
+        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return top, top_scores
+
+
+class ServingModel:
+    """One model version ready to serve: GRU weights, item vocabulary and a FAISS index."""
+
+    def __init__(self, artifact: Artifact, options: ServingOptions) -> None:
+        manifest = artifact.manifest
+        w = artifact.weights
+        self.artifact = artifact
+        self.options = options
+        self.version: str = manifest.version
+        self.n_items: int = manifest.n_items
+        self.items: tuple[str, ...] = artifact.items
+        self.layers: tuple[int, ...] = manifest.layers
+        self.input_kind: str = manifest.input_kind
+        self.hidden_max: int = max(self.layers)
+        self.loaded_at: float = time.time()
+        self._index_of = {item: i for i, item in enumerate(self.items)}
+
+        f32 = np.float32
+        self.output_weight = np.ascontiguousarray(w["output_weight"], dtype=f32)  # (n, H_last)
+        self.output_bias = np.ascontiguousarray(w["output_bias"], dtype=f32)  # (n,)
+        self.item_support = np.asarray(w["item_support"], dtype=np.float64)
+        self.popular = np.argsort(-self.item_support, kind="stable").astype(np.int64)
+
+        # Per layer: W_ih.T (in, 3H), W_hh.T (H, 3H); r and z hidden biases folded into
+        # the input-gate bias; the n hidden bias stays apart since r multiplies it.
+        self._w_ih_t: list[np.ndarray | None] = []
+        self._w_hh_t: list[np.ndarray] = []
+        self._b_gi: list[np.ndarray] = []
+        self._b_hn: list[np.ndarray] = []
+        for layer, hidden in enumerate(self.layers):
+            b_ih = np.asarray(w[f"gru.{layer}.bias_ih"], dtype=f32)
+            b_hh = np.asarray(w[f"gru.{layer}.bias_hh"], dtype=f32)
+            b_gi = b_ih.copy()
+            b_gi[: 2 * hidden] += b_hh[: 2 * hidden]
+            self._b_gi.append(b_gi)
+            self._b_hn.append(np.ascontiguousarray(b_hh[2 * hidden :]))
+            w_hh, w_ih = w[f"gru.{layer}.weight_hh"], w[f"gru.{layer}.weight_ih"]
+            self._w_hh_t.append(np.ascontiguousarray(w_hh.T, dtype=f32))
+            self._w_ih_t.append(np.ascontiguousarray(w_ih.T, dtype=f32))
+
+        # First-layer input: the gate pre-activations of item i, x_i @ W_ih0.T + bias,
+        # depend on the item only, so keep them as a lookup table (n, 3H0) when it fits.
+        # For one-hot input that table is W_ih0.T itself (a row lookup, no matmul).
+        if self.input_kind == "onehot":
+            self._input_emb = None
+        elif self.input_kind == "shared":
+            self._input_emb = self.output_weight
+        else:
+            self._input_emb = np.ascontiguousarray(w["item_embedding"], dtype=f32)
+        table_bytes = self.n_items * 3 * self.layers[0] * 4
+        self._gate_table: np.ndarray | None = None
+        if self._input_emb is None:
+            self._gate_table = self._w_ih_t[0] + self._b_gi[0]
+            self._w_ih_t[0] = None  # the table replaces it
+        elif table_bytes <= options.gate_table_max_bytes:
+            self._gate_table = self._input_emb @ self._w_ih_t[0] + self._b_gi[0]
+
+        self.exact = self.n_items <= options.exact_max_items
+        self.index = self._build_index()
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, **options: object) -> ServingModel:
+        """Build the serving model of a verified artifact (see `schemas.artifact.read_artifact`).
+
+        Options are the fields of `ServingOptions`; unknown names are refused.
+        """
+        opts = ServingOptions(**options)  # type: ignore[arg-type]
+        faiss.omp_set_num_threads(max(opts.faiss_threads, 1))
+        return cls(artifact, opts)
+
+    def _build_index(self) -> faiss.Index:
+        # Items as [Wy_i, by_i] (n, H_last + 1) so that [h, 1] . item = score.
+        vectors = np.ascontiguousarray(
+            np.concatenate([self.output_weight, self.output_bias[:, None]], axis=1)
+        )
+        dim = vectors.shape[1]
+        if self.exact:
+            index = faiss.IndexFlatIP(dim)
+            index.add(vectors)
+            return index
+        index = faiss.IndexHNSWFlat(dim, self.options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.options.hnsw_ef_construction
+        started = time.perf_counter()
+        faiss.omp_set_num_threads(max(self.options.build_threads, 1))
+        try:
+            index.add(vectors)
+        finally:
+            faiss.omp_set_num_threads(max(self.options.faiss_threads, 1))
+        log.info(
+            "model %s: HNSW index over %d items built in %.1f s",
+            self.version,
+            self.n_items,
+            time.perf_counter() - started,
+        )
+        return index
+
+    # --- items ---------------------------------------------------------------------------
+
+    def index_of(self, external_ids: Iterable[str]) -> np.ndarray:
+        """External item ids -> internal indices (int64), -1 for items the model does not know."""
+        get = self._index_of.get
+        return np.fromiter((get(i, -1) for i in external_ids), dtype=np.int64)
+
+    def item_ids(self, indices: Iterable[int]) -> list[str]:
+        items = self.items
+        return [items[i] for i in indices if i >= 0]
+
+    # --- the GRU -------------------------------------------------------------------------
+
+    def initial_state(self, batch_size: int) -> np.ndarray:
+        return np.zeros((batch_size, len(self.layers), self.hidden_max), dtype=np.float32)
+
+    def _input_gates(self, items: np.ndarray) -> np.ndarray:
+        """Known item indices (b,) -> first-layer input gate pre-activations (b, 3H0)."""
+        if self._gate_table is not None:
+            return self._gate_table[items]
+        assert self._input_emb is not None and self._w_ih_t[0] is not None
+        return self._input_emb[items] @ self._w_ih_t[0] + self._b_gi[0]
+
+    def step(self, state: np.ndarray, item_idx: np.ndarray | Sequence[int]) -> np.ndarray:
+        """One GRU step for every row: state (B, L, H_max), items (B,) -> new state.
+
+        Rows whose item is -1 (unknown) are returned unchanged. The input is not modified.
+        """
+        items = np.asarray(item_idx, dtype=np.int64)
+        if state.shape[0] != items.shape[0]:
+            raise ValueError(f"state has {state.shape[0]} rows, items {items.shape[0]}")
+        out = np.array(state, dtype=np.float32, copy=True)
+        rows = np.flatnonzero(items >= 0)
+        if rows.size == 0:
+            return out
+        all_rows = rows.size == items.shape[0]
+        x = None  # the previous layer's new state, (b, H_{l-1})
+        for layer, hidden in enumerate(self.layers):
+            h = out[:, layer, :hidden] if all_rows else out[rows, layer, :hidden]  # (b, H)
+            if x is None:
+                gi = self._input_gates(items if all_rows else items[rows])  # (b, 3H)
+            else:
+                gi = x @ self._w_ih_t[layer] + self._b_gi[layer]
+            gh = h @ self._w_hh_t[layer]  # (b, 3H)
+            r = _sigmoid(gi[:, :hidden] + gh[:, :hidden])
+            z = _sigmoid(gi[:, hidden : 2 * hidden] + gh[:, hidden : 2 * hidden])
+            n = np.tanh(gi[:, 2 * hidden :] + r * (gh[:, 2 * hidden :] + self._b_hn[layer]))
+            x = n + z * (h - n)  # == (1 - z) * n + z * h
+            if all_rows:
+                out[:, layer, :hidden] = x
+            else:
+                out[rows, layer, :hidden] = x
+        return out
+
+    def run(
+        self, sequences: Sequence[Sequence[int]], state: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The state after feeding each row its whole item sequence (index lists, -1 skipped).
+
+        Used to rebuild a session's state from its history after a model swap.
+        """
+        padded = pad_ragged(sequences, len(sequences))
+        state = self.initial_state(len(sequences)) if state is None else state
+        if padded is None or padded.size == 0:
+            return state
+        for t in range(padded.shape[1]):
+            state = self.step(state, padded[:, t])
+        return state
+
+    def last_hidden(self, state: np.ndarray) -> np.ndarray:
+        return state[:, -1, : self.layers[-1]]
+
+    # --- scoring -------------------------------------------------------------------------
+
+    def scores(self, state: np.ndarray) -> np.ndarray:
+        """Exact scores of every item, (B, n_items): h_last @ Wy.T + by."""
+        return self.last_hidden(state) @ self.output_weight.T + self.output_bias
+
+    @staticmethod
+    def empty_rows(state: np.ndarray) -> np.ndarray:
+        """Rows that never saw a known item: an all-zero state (B,) bool."""
+        return ~state.reshape(state.shape[0], -1).any(axis=1)
+
+    def recommend(
+        self,
+        state: np.ndarray,
+        k: int,
+        exclude: Sequence[Sequence[int]] | np.ndarray | None = None,
+        *,
+        fallback: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores per row, (B, k) each, best first.
+
+        exclude: per row, item indices never to return (ragged lists or (B, E) padded with
+        -1), e.g. the items already in the session. Over-fetching by the longest row makes
+        sure k items remain.
+        fallback: rows to answer by popularity (item_support, highest first; the scores are
+        then the support counts). Default: the rows with an all-zero state (no known item
+        yet). Where fewer than k items remain, the tail is -1 with score -inf.
+        """
+        batch = state.shape[0]
+        excl = pad_ragged(exclude, batch)
+        width = 0 if excl is None else excl.shape[1]
+        fetch = min(self.n_items, k + width)
+        pop = self.empty_rows(state) if fallback is None else np.asarray(fallback, dtype=bool)
+
+        labels = np.full((batch, fetch), -1, dtype=np.int64)
+        found = np.full((batch, fetch), -np.inf, dtype=np.float32)
+        model_rows = np.flatnonzero(~pop)
+        if model_rows.size:
+            h = self.last_hidden(state[model_rows])
+            query = np.empty((model_rows.size, h.shape[1] + 1), dtype=np.float32)
+            query[:, :-1] = h
+            query[:, -1] = 1.0
+            if self.exact:
+                d, i = self.index.search(query, fetch)
+            else:
+                params = faiss.SearchParametersHNSW()
+                params.efSearch = max(self.options.hnsw_ef_search, fetch)
+                d, i = self.index.search(query, fetch, params=params)
+            labels[model_rows] = i
+            found[model_rows] = d
+        pop_rows = np.flatnonzero(pop)
+        if pop_rows.size:
+            labels[pop_rows] = self.popular[:fetch]
+            found[pop_rows] = self.item_support[self.popular[:fetch]].astype(np.float32)
+
+        valid = labels >= 0
+        if excl is not None:
+            # (B, fetch, 1) == (B, 1, E): at most (k + 50) * 50 compares per row.
+            valid &= ~(labels[:, :, None] == excl[:, None, :]).any(axis=2)
+        return _first_valid(labels, found, valid, k)
