@@ -1,0 +1,65 @@
+"""Shared fixtures. `kafka_bootstrap` gives integration tests a real Kafka broker.
+
+Where the broker comes from, in order:
+1. `$GRU4STREAM_BOOTSTRAP` (host:port) when it answers (`.ci/run` sets it);
+2. a broker already answering on 127.0.0.1:9092 (`gru4stream broker start`);
+3. otherwise a broker started for this test session on free ports with a temporary data
+   directory (needs `java` 17+ and, on first use, `mvn` to fetch the jars), stopped at the end.
+
+Tests that use the fixture are marked `kafka` automatically, so `python -m pytest -m "not kafka"`
+runs the rest on a machine without Java. Tests sharing one broker must use unique topic names
+and group ids (`tests.kafka_util.unique_topic`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from deploy.kafka.broker import BrokerConfig, BrokerError, free_port, probe, start, stop
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kafka: needs a real Kafka broker (fixture kafka_bootstrap)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+            "kafka"
+        ):
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`host:port` of a running Kafka broker for the whole test session."""
+    env = os.environ.get("GRU4STREAM_BOOTSTRAP")
+    if env:
+        if probe(env, timeout=5.0):
+            yield env
+            return
+        log.warning("GRU4STREAM_BOOTSTRAP=%s does not answer; looking elsewhere", env)
+    if probe(DEFAULT_BOOTSTRAP):
+        yield DEFAULT_BOOTSTRAP
+        return
+    config = BrokerConfig(
+        port=free_port(),
+        controller_port=free_port(),
+        data_dir=tmp_path_factory.mktemp("kafka"),
+    )
+    try:
+        info = start(config)
+    except BrokerError as exc:
+        pytest.fail(f"no Kafka broker for the integration tests: {exc}", pytrace=False)
+    try:
+        yield info.bootstrap
+    finally:
+        stop(config)

@@ -1,0 +1,189 @@
+"""Helpers for integration tests against the real broker (fixture `kafka_bootstrap`).
+
+Names (several people and CI share one broker, so every test uses its own topics/groups):
+    unique_topic(prefix="test") -> str          e.g. "clicks-3f9a1c2e"
+    unique_group(prefix="group") -> str
+
+Synchronous helpers (call them from plain test functions, not inside a running event loop):
+    create_topic(bootstrap, spec_or_name, partitions=1, config=None) -> str   # the name
+    produce(bootstrap, topic, messages) -> list[tuple[int, int]]             # (partition, offset)
+    consume_all(bootstrap, topic, *, min_count=None, timeout_s=30, idle_s=1)
+        -> list[ConsumerRecord]                                              # .key .value ...
+    topic_config(bootstrap, topic) -> dict[str, str]
+    partition_count(bootstrap, topic) -> int
+
+Each has an async twin prefixed with `a` (`acreate_topic`, `aproduce`, `aconsume_all`, ...)
+for tests that already run an event loop.
+
+`messages` items are `value` bytes or `(key, value)` pairs; str keys/values are UTF-8 encoded.
+`consume_all` reads without a consumer group, from the beginning of every partition:
+- `min_count=None`: everything up to the end offsets at the time of the call (exact, fast);
+- `min_count=n`: waits until at least n records arrived (or `timeout_s` passed), then until
+  no new record arrives for `idle_s`, so extra (e.g. duplicate) records are seen too.
+Records come back sorted by (partition, offset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from uuid import uuid4
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from deploy.kafka.admin import create_topics
+from schemas.topics import TopicSpec
+
+Message = bytes | str | tuple[bytes | str | None, bytes | str | None]
+
+
+def unique_topic(prefix: str = "test") -> str:
+    return f"{prefix}-{uuid4().hex[:8]}"
+
+
+def unique_group(prefix: str = "group") -> str:
+    return f"{prefix}-{uuid4().hex[:8]}"
+
+
+def _bytes(x: bytes | str | None) -> bytes | None:
+    return x.encode() if isinstance(x, str) else x
+
+
+async def acreate_topic(
+    bootstrap: str,
+    spec_or_name: TopicSpec | str,
+    partitions: int = 1,
+    config: dict[str, str] | None = None,
+) -> str:
+    spec = (
+        spec_or_name
+        if isinstance(spec_or_name, TopicSpec)
+        else TopicSpec(spec_or_name, partitions, dict(config or {}))
+    )
+    await create_topics(bootstrap, [spec])
+    return spec.name
+
+
+async def aproduce(
+    bootstrap: str, topic: str, messages: Iterable[Message]
+) -> list[tuple[int, int]]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        futures = []
+        for m in messages:
+            key, value = m if isinstance(m, tuple) else (None, m)
+            futures.append(await producer.send(topic, _bytes(value), key=_bytes(key)))
+        metas = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [(md.partition, md.offset) for md in metas]
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> set[int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
+        if parts:
+            return parts
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic!r} does not exist after {timeout_s:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+async def aconsume_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    min_count: int | None = None,
+    timeout_s: float = 30.0,
+    idle_s: float = 1.0,
+) -> list[ConsumerRecord]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, timeout_s))
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps) if min_count is None else None
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            if end is not None and await _reached_end(consumer, end):
+                break
+            batch = await consumer.getmany(*tps, timeout_ms=200)
+            got = [r for rs in batch.values() for r in rs]
+            if got:
+                records.extend(got)
+                last_new = time.monotonic()
+            elif (
+                min_count is not None
+                and len(records) >= min_count
+                and time.monotonic() - last_new >= idle_s
+            ):
+                break
+    finally:
+        await consumer.stop()
+    return sorted(records, key=lambda r: (r.partition, r.offset))
+
+
+async def _reached_end(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    for tp, offset in end.items():
+        if await consumer.position(tp) < offset:
+            return False
+    return True
+
+
+async def topic_description(bootstrap: str, topic: str) -> tuple[int, dict[str, str]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (meta,) = await admin.describe_topics([topic])
+        resp = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    entries = resp[0].to_object()["resources"][0]["config_entries"]
+    return len(meta["partitions"]), {e["config_names"]: e["config_value"] for e in entries}
+
+
+def create_topic(
+    bootstrap: str,
+    spec_or_name: TopicSpec | str,
+    partitions: int = 1,
+    config: dict[str, str] | None = None,
+) -> str:
+    return asyncio.run(acreate_topic(bootstrap, spec_or_name, partitions, config))
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[Message]) -> list[tuple[int, int]]:
+    return asyncio.run(aproduce(bootstrap, topic, messages))
+
+
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    min_count: int | None = None,
+    timeout_s: float = 30.0,
+    idle_s: float = 1.0,
+) -> list[ConsumerRecord]:
+    return asyncio.run(
+        aconsume_all(bootstrap, topic, min_count=min_count, timeout_s=timeout_s, idle_s=idle_s)
+    )
+
+
+def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    return asyncio.run(topic_description(bootstrap, topic))[1]
+
+
+def partition_count(bootstrap: str, topic: str) -> int:
+    return asyncio.run(topic_description(bootstrap, topic))[0]
