@@ -2,52 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from uuid import uuid4
-
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from batch_training.publish import flat_metrics, main, model_update_for
 from schemas.artifact import WEIGHTS, manifest_checksum
 from schemas.events import decode_model_update
 from schemas.registry import Registry
 from schemas.topics import MODEL_UPDATE_KEY
+from tests.kafka_util import consume_all, partition_count, topic_config, unique_topic
 from tests.lifecycle_util import make_artifact
-
-
-async def _read_all(bootstrap: str, topic: str) -> list:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        out = []
-        while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=2000)
-            out.extend(batch.get(tp, []))
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def _topic_facts(bootstrap: str, topic: str) -> tuple[int, dict[str, str]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-        partitions = len(described[0]["partitions"])
-        resource = ConfigResource(ConfigResourceType.TOPIC, topic)
-        response = (await admin.describe_configs([resource]))[0]
-        # resources: [(error_code, error_message, type, name, [(key, value, ...), ...])]
-        entries = response.resources[0][4]
-        return partitions, {entry[0]: entry[1] for entry in entries}
-    finally:
-        await admin.close()
 
 
 def test_flat_metrics_keeps_numbers_only():
@@ -82,25 +45,24 @@ def test_unknown_version_is_refused(tmp_path, capsys):
 
 @pytest.mark.kafka
 def test_publish_creates_compacted_topic_and_sends_update(tmp_path, kafka_bootstrap, capsys):
-    topic = f"model-updates-{uuid4().hex[:8]}"
+    topic = unique_topic("model-updates")
     path = make_artifact(tmp_path / "m", version="v0001")
     assert main([str(path), "--bootstrap", kafka_bootstrap, "--topic", topic]) == 0
     assert "published v0001" in capsys.readouterr().out
 
-    records = asyncio.run(_read_all(kafka_bootstrap, topic))
+    records = consume_all(kafka_bootstrap, topic)
     assert len(records) == 1
     assert records[0].key == MODEL_UPDATE_KEY
     update = decode_model_update(records[0].value)
     assert update == model_update_for(path)
 
-    partitions, config = asyncio.run(_topic_facts(kafka_bootstrap, topic))
-    assert partitions == 1
-    assert config["cleanup.policy"] == "compact"
+    assert partition_count(kafka_bootstrap, topic) == 1
+    assert topic_config(kafka_bootstrap, topic)["cleanup.policy"] == "compact"
 
 
 @pytest.mark.kafka
 def test_publish_from_registry_promotes_and_rolls_back(tmp_path, kafka_bootstrap):
-    topic = f"model-updates-{uuid4().hex[:8]}"
+    topic = unique_topic("model-updates")
     reg = Registry(tmp_path / "reg")
     for v in ("v0001", "v0002"):
         make_artifact(reg.root / v, version=v, seed=int(v[-1]))
@@ -109,7 +71,5 @@ def test_publish_from_registry_promotes_and_rolls_back(tmp_path, kafka_bootstrap
     assert reg.promoted() == "v0002"
     assert main(["v0001", *common]) == 0  # rollback
     assert reg.promoted() == "v0001"
-    versions = [
-        decode_model_update(r.value).version for r in asyncio.run(_read_all(kafka_bootstrap, topic))
-    ]
+    versions = [decode_model_update(r.value).version for r in consume_all(kafka_bootstrap, topic)]
     assert versions == ["v0002", "v0001"]

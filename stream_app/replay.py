@@ -1,0 +1,422 @@
+"""Replay archived clicks through served models and compare them side by side.
+
+`gru4stream replay --topic clicks [--from T0] [--to T1] --model M[,M...] [--registry ROOT]
+[--k 20] [--png PATH] [--json PATH]`
+
+Each model is a `ServingModel` (the worker's scoring path: the same GRU step, the same FAISS
+top-K with the popularity fallback, the same handling of unknown items, which leave the
+session state unchanged). For every click that has a next click in the same session, the
+session's state after that click is asked for its top-K, and the next click is the target:
+its position in the list is its rank (a target outside the list, or unknown to the model,
+is a miss). Recall, MRR and NDCG at the cut-offs up to K follow `schemas.metrics`; because
+only the served top-K is known, cut-offs above K cannot be reported. Catalogue coverage is
+the fraction of a model's items that appear in at least one top-K list.
+
+Events are read from every partition of the topic, validated with `schemas.events` (invalid
+ones are counted and skipped, as the worker would send them to the dead-letter topic), and
+kept when their event timestamp lies in [T0, T1). A session's clicks are taken in topic
+order, which is the order the worker sees them (the session id is the key, so one session
+lives in one partition). Sessions that began before T0 start from an empty state.
+
+Seen-item exclusion: by default the items already in the session are not recommended again,
+like the worker; `--no-exclude-seen` turns it off (which makes the numbers comparable with the
+offline full-ranking evaluation, where every item competes).
+
+`--live` (republishing the range through running workers) is not implemented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from tqdm import tqdm
+
+from schemas.artifact import ArtifactError, read_artifact
+from schemas.events import ClickEvent, ValidationError, decode_click, parse_timestamp
+from schemas.metrics import MetricAccumulator
+from schemas.registry import Registry, resolve_model
+from schemas.topics import CLICKS
+from stream_app.inference import ServingModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+STANDARD_KS = (1, 5, 10, 20)
+
+
+# --- reading the archive -------------------------------------------------------------------
+
+
+@dataclass
+class ArchiveSlice:
+    """The clicks of a time range, and what was skipped on the way."""
+
+    events: list[ClickEvent]
+    n_records: int = 0  # records read from the topic
+    n_invalid: int = 0  # failed validation (the worker's dead letters)
+    n_outside: int = 0  # valid, but outside [start, end)
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of a topic; ValueError when it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] != 0 or not described["partitions"]:
+        raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
+    return sorted(p["partition"] for p in described["partitions"])
+
+
+async def read_clicks(
+    bootstrap: str,
+    topic: str,
+    *,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    progress: bool = True,
+) -> ArchiveSlice:
+    """Every valid click of `topic` with start_ms <= timestamp < end_ms, per partition in
+    offset order; reads up to the end offsets seen when it starts."""
+    numbers = await topic_partitions(bootstrap, topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in numbers]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if end[tp] > begin[tp]}
+        out = ArchiveSlice(events=[])
+        bar = tqdm(
+            total=sum(end[tp] - begin[tp] for tp in tps),
+            desc=f"reading {topic}",
+            unit="ev",
+            disable=not progress,
+        )
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset >= end[tp]:
+                        break
+                    out.n_records += 1
+                    try:
+                        event = decode_click(record.value)
+                    except ValidationError:
+                        out.n_invalid += 1
+                        continue
+                    if (start_ms is not None and event.timestamp < start_ms) or (
+                        end_ms is not None and event.timestamp >= end_ms
+                    ):
+                        out.n_outside += 1
+                        continue
+                    out.events.append(event)
+                bar.update(len(records))
+            for tp in list(remaining):
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+        bar.close()
+        return out
+    finally:
+        await consumer.stop()
+
+
+def group_sessions(events: Iterable[ClickEvent]) -> list[list[str]]:
+    """Item sequences per session, in the given (topic) order; sessions by first appearance."""
+    sessions: dict[str, list[str]] = {}
+    for event in events:
+        sessions.setdefault(event.session_id, []).append(event.item_id)
+    return list(sessions.values())
+
+
+# --- replaying one model -------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    version: str
+    source: str
+    k: int
+    metrics: dict[str, float]
+    coverage: float  # fraction of the model's items recommended at least once
+    n_examples: int  # clicks that had a next click
+    n_unknown_targets: int  # next clicks on items the model does not know (always misses)
+    n_unknown_inputs: int  # clicks on unknown items (the state is left unchanged)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "source": self.source,
+            "k": self.k,
+            "metrics": self.metrics,
+            "coverage": self.coverage,
+            "n_examples": self.n_examples,
+            "n_unknown_targets": self.n_unknown_targets,
+            "n_unknown_inputs": self.n_unknown_inputs,
+        }
+
+
+def cutoffs(k: int) -> tuple[int, ...]:
+    return tuple(sorted({c for c in STANDARD_KS if c < k} | {k}))
+
+
+def replay_model(
+    model: ServingModel,
+    sessions: Sequence[Sequence[str]],
+    *,
+    k: int = 20,
+    exclude_seen: bool = True,
+    batch_size: int = 256,
+    source: str = "",
+    progress: bool = True,
+) -> ReplayResult:
+    """Next-click metrics of one served model over whole sessions (see the module doc)."""
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    acc = MetricAccumulator(cutoffs(k))
+    recommended = np.zeros(model.n_items, dtype=bool)
+    n_unknown_targets = n_unknown_inputs = 0
+    # Long sessions together, so a batch's lanes end at similar steps.
+    order = sorted(range(len(sessions)), key=lambda s: -len(sessions[s]))
+    n_examples = sum(max(len(s) - 1, 0) for s in sessions)
+    bar = tqdm(total=n_examples, desc=f"replay {model.version}", unit="ex", disable=not progress)
+    for first in range(0, len(order), batch_size):
+        chunk = [sessions[s] for s in order[first : first + batch_size]]
+        lengths = np.array([len(s) for s in chunk], dtype=np.int64)
+        items = np.full((len(chunk), int(lengths.max())), -1, dtype=np.int64)  # (b, T)
+        for row, seq in enumerate(chunk):
+            items[row, : len(seq)] = model.index_of(seq)
+        in_session = np.arange(items.shape[1]) < lengths[:, None]  # (b, T)
+        n_unknown_inputs += int(((items < 0) & in_session).sum())
+        state = model.initial_state(len(chunk))
+        for t in range(items.shape[1] - 1):
+            rows = np.flatnonzero(lengths > t + 1)  # lanes with a next click
+            state[rows] = model.step(state[rows], items[rows, t])
+            # The seen items so far, padded with -1 (which matches no item): (r, t + 1).
+            exclude = items[rows, : t + 1] if exclude_seen else None
+            top, _ = model.recommend(state[rows], k, exclude)  # (r, k)
+            targets = items[rows, t + 1]
+            hit = (top == targets[:, None]) & (targets[:, None] >= 0)
+            ranks = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, k + 1)
+            acc.add(ranks)
+            n_unknown_targets += int((targets < 0).sum())
+            recommended[top[top >= 0]] = True
+            bar.update(rows.size)
+    bar.close()
+    metrics = acc.result()
+    return ReplayResult(
+        version=model.version,
+        source=source,
+        k=k,
+        metrics=metrics,
+        coverage=float(recommended.mean()),
+        n_examples=int(metrics["n_examples"]),
+        n_unknown_targets=n_unknown_targets,
+        n_unknown_inputs=n_unknown_inputs,
+    )
+
+
+# --- reporting -----------------------------------------------------------------------------
+
+
+def format_table(results: Sequence[ReplayResult]) -> str:
+    """Models as columns, metrics as rows."""
+    if not results:
+        return "(no models)"
+    names = [f"recall@{c}" for c in cutoffs(results[0].k)]
+    names += [f"mrr@{c}" for c in cutoffs(results[0].k)]
+    names += [f"ndcg@{c}" for c in cutoffs(results[0].k)]
+    width = max(12, *(len(r.version) + 2 for r in results))
+    lines = ["metric".ljust(14) + "".join(r.version.rjust(width) for r in results)]
+    for name in names:
+        lines.append(
+            name.ljust(14) + "".join(f"{r.metrics[name]:.4f}".rjust(width) for r in results)
+        )
+    rows = [
+        ("coverage", lambda r: f"{r.coverage:.4f}"),
+        ("examples", lambda r: str(r.n_examples)),
+        ("unknown tgt", lambda r: str(r.n_unknown_targets)),
+    ]
+    for label, cell in rows:
+        lines.append(label.ljust(14) + "".join(cell(r).rjust(width) for r in results))
+    return "\n".join(lines)
+
+
+def write_png(results: Sequence[ReplayResult], path: str | os.PathLike[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = results[0].k
+    names = [f"recall@{k}", f"mrr@{k}", f"ndcg@{k}", "coverage"]
+    x = np.arange(len(names))
+    width = 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(names), 4))
+    for i, r in enumerate(results):
+        values = [r.metrics[n] for n in names[:-1]] + [r.coverage]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=r.version)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def parse_time(text: str) -> int:
+    """Epoch milliseconds or ISO 8601 (naive = UTC) -> epoch ms."""
+    value: Any = int(text) if text.lstrip("-").isdigit() else text
+    try:
+        return parse_timestamp(value)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc.reason}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gru4stream replay",
+        description="replay archived clicks through served models; next-click metrics",
+    )
+    parser.add_argument("--topic", default=CLICKS.name, help="archive topic (default clicks)")
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("GRU4STREAM_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+        help="Kafka bootstrap servers",
+    )
+    parser.add_argument("--from", dest="start", type=parse_time, help="epoch ms or ISO 8601")
+    parser.add_argument("--to", dest="end", type=parse_time, help="exclusive; epoch ms or ISO")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="comma-separated artifact directories or registry versions (latest, promoted)",
+    )
+    parser.add_argument("--registry", help="model registry root, for version names")
+    parser.add_argument("--k", type=int, default=20, help="list length (default 20)")
+    parser.add_argument(
+        "--exclude-seen",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="never recommend items already in the session (the worker's default)",
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="sessions per batch")
+    parser.add_argument("--png", help="write a bar chart of the metrics here")
+    parser.add_argument("--json", help="write the results as JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--live", action="store_true", help="replay through running workers (not implemented)"
+    )
+    return parser
+
+
+def load_models(specs: str, registry: Registry | None) -> list[tuple[str, ServingModel]]:
+    out = []
+    for spec in (s.strip() for s in specs.split(",")):
+        if not spec:
+            continue
+        path = resolve_model(spec, registry)
+        out.append((str(path), ServingModel.from_artifact(read_artifact(path))))
+    if not out:
+        raise ArtifactError("--model: no model given")
+    return out
+
+
+def _range_text(start: int | None, end: int | None) -> str:
+    def show(ms: int | None) -> str:
+        if ms is None:
+            return "..."
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+    return f"[{show(start)}, {show(end)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.live:
+        parser.error("--live is not implemented; replay runs offline through the serving core")
+    if args.k < 1:
+        parser.error("--k must be positive")
+    if args.start is not None and args.end is not None and args.start >= args.end:
+        parser.error("--from must be before --to")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    registry = Registry(args.registry) if args.registry else None
+    try:
+        models = load_models(args.model, registry)
+        archive = asyncio.run(
+            read_clicks(
+                args.bootstrap,
+                args.topic,
+                start_ms=args.start,
+                end_ms=args.end,
+                progress=not args.no_progress,
+            )
+        )
+    except (ArtifactError, ValueError) as exc:
+        print(f"gru4stream replay: {exc}", file=sys.stderr)
+        return 1
+    sessions = group_sessions(archive.events)
+    span = _range_text(args.start, args.end)
+    print(
+        f"{args.topic} {span}: {len(archive.events)} clicks in {len(sessions)} sessions "
+        f"({archive.n_invalid} invalid, {archive.n_outside} outside the range)"
+    )
+    results = [
+        replay_model(
+            model,
+            sessions,
+            k=args.k,
+            exclude_seen=args.exclude_seen,
+            batch_size=args.batch_size,
+            source=source,
+            progress=not args.no_progress,
+        )
+        for source, model in models
+    ]
+    print(format_table(results))
+    if args.json:
+        report = {
+            "topic": args.topic,
+            "from": args.start,
+            "to": args.end,
+            "n_events": len(archive.events),
+            "n_sessions": len(sessions),
+            "n_invalid": archive.n_invalid,
+            "exclude_seen": args.exclude_seen,
+            "models": [r.to_dict() for r in results],
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    if args.png:
+        write_png(results, args.png, f"replay of {args.topic} {span}, K={args.k}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Replay through the serving core: equal to offline evaluation, unknown items, coverage, CLI."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import orjson
+import pytest
+
+from schemas.artifact import read_artifact
+from schemas.events import ClickEvent, encode_click
+from schemas.metrics import rank_metrics, ranks_from_scores
+from schemas.topics import CLICKS, spec_named
+from stream_app.inference import ServingModel
+from stream_app.replay import group_sessions, main, replay_model
+from stream_app.synthetic import write_random_artifact
+from tests.kafka_util import create_topic, produce, unique_topic
+
+N_ITEMS = 60
+KS = (1, 5, 10, 20)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("replay") / "v0001"
+    return read_artifact(
+        write_random_artifact(path, version="v0001", n_items=N_ITEMS, layers=(24, 16), seed=5)
+    )
+
+
+@pytest.fixture(scope="module")
+def model(artifact):
+    return ServingModel.from_artifact(artifact)
+
+
+def random_sessions(n: int, seed: int = 0, vocab: int = N_ITEMS) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    return [[f"i{j}" for j in rng.integers(0, vocab, rng.integers(1, 9))] for _ in range(n)]
+
+
+def direct_ranks(model: ServingModel, sessions, *, exclude_seen: bool) -> np.ndarray:
+    """Exact ranks from the full score vector, one session and one click at a time."""
+    ranks = []
+    for seq in sessions:
+        idx = model.index_of(seq)
+        state = model.initial_state(1)
+        for t in range(len(seq) - 1):
+            state = model.step(state, idx[t : t + 1])
+            if idx[t + 1] < 0:
+                ranks.append(N_ITEMS + 1)
+                continue
+            scores = model.scores(state).astype(np.float64)
+            if exclude_seen:
+                seen = idx[: t + 1][idx[: t + 1] >= 0]
+                scores[0, seen] = -np.inf
+            ranks.append(int(ranks_from_scores(scores, idx[t + 1 : t + 2])[0]))
+    return np.array(ranks)
+
+
+def test_replay_equals_offline_evaluation(artifact, model):
+    from batch_training.evaluate import ArtifactScorer, evaluate_full
+
+    sessions = random_sessions(300, seed=1)
+    replayed = replay_model(model, sessions, k=20, exclude_seen=False, progress=False)
+
+    # The same sessions as the offline evaluation sees them: flat arrays, every next item.
+    items = np.concatenate([model.index_of(s) for s in sessions])
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sessions])])
+    data = SimpleNamespace(
+        sessions=SimpleNamespace(items=items, offsets=offsets),
+        eval_from=np.ones(len(sessions), dtype=np.int64),
+        negatives=None,
+    )
+    offline = evaluate_full(ArtifactScorer(artifact), data, ks=KS, progress=False)
+    assert replayed.n_examples == offline["n_examples"] == sum(len(s) - 1 for s in sessions)
+    for name, value in offline.items():
+        assert replayed.metrics[name] == pytest.approx(value, abs=1e-12), name
+    assert 0.0 < replayed.metrics["recall@20"] < 1.0  # a random model: neither all nor nothing
+
+
+def test_seen_items_are_excluded_like_the_direct_computation(model):
+    sessions = random_sessions(200, seed=2, vocab=12)  # small vocabulary: many repeats
+    for exclude_seen in (True, False):
+        replayed = replay_model(model, sessions, k=20, exclude_seen=exclude_seen, progress=False)
+        expected = rank_metrics(direct_ranks(model, sessions, exclude_seen=exclude_seen), KS)
+        for name, value in expected.items():
+            assert replayed.metrics[name] == pytest.approx(value, abs=1e-12), (exclude_seen, name)
+    # Repeats are frequent here, so excluding them must cost recall.
+    with_ex = replay_model(model, sessions, k=20, exclude_seen=True, progress=False)
+    without = replay_model(model, sessions, k=20, exclude_seen=False, progress=False)
+    assert with_ex.metrics["recall@20"] < without.metrics["recall@20"]
+
+
+def test_unknown_items_leave_the_state_and_miss(model):
+    sessions = [["i1", "nope", "i2", "i3"], ["gone", "i4"], ["i5", "i6", "missing"]]
+    result = replay_model(model, sessions, k=20, exclude_seen=False, progress=False)
+    assert result.n_examples == 6
+    assert result.n_unknown_targets == 2  # i1 -> nope, i6 -> missing
+    assert result.n_unknown_inputs == 3
+    expected = rank_metrics(direct_ranks(model, sessions, exclude_seen=False), KS)
+    assert result.metrics == pytest.approx(expected)
+
+
+def test_coverage_counts_distinct_recommended_items(model):
+    sessions = random_sessions(50, seed=3)
+    full = replay_model(model, sessions, k=N_ITEMS, exclude_seen=False, progress=False)
+    assert full.coverage == 1.0
+    assert full.metrics[f"recall@{N_ITEMS}"] == pytest.approx(
+        1.0 - full.n_unknown_targets / full.n_examples
+    )
+    top1 = replay_model(model, sessions, k=1, exclude_seen=False, progress=False)
+    distinct = set()
+    for seq in sessions:
+        state = model.initial_state(1)
+        for item in model.index_of(seq)[:-1]:
+            state = model.step(state, np.array([item]))
+            distinct.add(int(np.argmax(model.scores(state)[0])))
+    assert top1.coverage == pytest.approx(len(distinct) / N_ITEMS)
+
+
+def test_group_sessions_keeps_topic_order():
+    events = [
+        ClickEvent("b", "1", 1_700_000_000_005),
+        ClickEvent("a", "2", 1_700_000_000_001),
+        ClickEvent("b", "3", 1_700_000_000_002),
+    ]
+    assert group_sessions(events) == [["1", "3"], ["2"]]
+
+
+def test_cli_refuses_bad_input(tmp_path, capsys, artifact):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(artifact.path), "--live"])
+    assert exit_.value.code == 2
+    assert "not implemented" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", str(artifact.path), "--from", "yesterday"])
+    assert "not ISO 8601" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "nothing"), "--bootstrap", "127.0.0.1:9"]) == 1
+    assert "not an artifact directory" in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+def test_replay_from_topic_matches_in_memory_replay(tmp_path, kafka_bootstrap, model, artifact):
+    topic = create_topic(kafka_bootstrap, spec_named(unique_topic("clicks"), CLICKS))
+    t0 = 1_700_000_000_000
+    sessions = random_sessions(40, seed=4)
+    events = [
+        ClickEvent(f"s{s}", item, t0 + 1000 * s + i)
+        for s, seq in enumerate(sessions)
+        for i, item in enumerate(seq)
+    ]
+    late = [ClickEvent("late", "i1", t0 + 10**9), ClickEvent("late", "i2", t0 + 10**9 + 1)]
+    payloads = [(e.session_id.encode(), encode_click(e)) for e in events + late]
+    payloads.append((b"bad", b'{"session_id": "bad"}'))  # no item, no timestamp
+    produce(kafka_bootstrap, topic, payloads)
+
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    code = main(
+        [
+            "--topic", topic, "--bootstrap", kafka_bootstrap,
+            "--from", str(t0), "--to", str(t0 + 10**8),
+            "--model", f"{artifact.path},{artifact.path}",
+            "--k", "10", "--no-exclude-seen", "--json", str(out_json), "--png", str(out_png),
+            "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = orjson.loads(out_json.read_bytes())
+    assert report["n_events"] == len(events)
+    assert report["n_invalid"] == 1
+    assert report["n_sessions"] == len(sessions)
+    expected = replay_model(model, sessions, k=10, exclude_seen=False, progress=False)
+    assert len(report["models"]) == 2
+    for got in report["models"]:
+        assert got["metrics"] == pytest.approx(expected.metrics)
+        assert got["coverage"] == pytest.approx(expected.coverage)
+    assert out_png.stat().st_size > 1000
