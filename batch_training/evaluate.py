@@ -1,0 +1,323 @@
+"""Offline evaluation: every scorer (GRU4Rec, a served artifact, the baselines) goes through
+the same session-parallel loop, so the protocols cannot drift apart between models.
+
+Two protocols:
+- full ranking: the next item at every evaluated position (>= EvalData.eval_from) of every
+  session, ranked among all items; recall/MRR/NDCG at the cut-offs.
+- sampled: each session's last item ranked among itself and its 99 given negatives
+  (EvalData.negatives); HR/NDCG at 5 and 10, as in the paper this project started from.
+Ties are counted against the model in both (see schemas.metrics).
+
+The loop keeps B session lanes: each step feeds one item per lane and scores the next; a lane
+whose session ends takes the next session and its state row is reset. Sessions are dealt
+longest first so the lanes drain together. Memory is one (B, n_items) score block at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from batch_training.metrics import ranks_among_candidates, ranks_from_scores
+from schemas.artifact import Artifact
+from schemas.metrics import MetricAccumulator
+
+log = logging.getLogger(__name__)
+
+FULL_KS = (1, 5, 10, 20)
+SAMPLED_KS = (5, 10)
+
+
+@runtime_checkable
+class SessionScorer(Protocol):
+    """A recommender seen as a per-lane state machine over item indices."""
+
+    n_items: int
+
+    def init_state(self, batch_size: int) -> Any: ...
+
+    def step(self, state: Any, items: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """Feed items (B,) long; return the new state and next-item scores (B, n_items)."""
+        ...
+
+    def reset(self, state: Any, mask: torch.Tensor) -> Any:
+        """Return the state with the rows where mask (B,) bool is True back at the start."""
+        ...
+
+
+def _device_of(scorer: SessionScorer) -> torch.device:
+    return torch.device(getattr(scorer, "device", "cpu"))
+
+
+def _advance(scorer: SessionScorer, state: Any, items: torch.Tensor) -> Any:
+    """Feed items without needing scores; scorers may offer a cheaper `advance`."""
+    advance = getattr(scorer, "advance", None)
+    return advance(state, items) if advance is not None else scorer.step(state, items)[0]
+
+
+class GRU4RecScorer:
+    """SessionScorer over a trained `batch_training.model.GRU4Rec` (eval mode, no grad)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval()
+        self.n_items = int(model.n_items)
+        self.device = next(model.parameters()).device
+
+    def init_state(self, batch_size: int) -> list[torch.Tensor]:
+        return [h.to(self.device) for h in self.model.init_hidden(batch_size)]
+
+    @torch.no_grad()
+    def advance(self, state: list[torch.Tensor], items: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.step(items.to(self.device), state)[1]
+
+    @torch.no_grad()
+    def step(
+        self, state: list[torch.Tensor], items: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        output, state = self.model.step(items.to(self.device), state)
+        return state, self.model.score_all(output)
+
+    def reset(self, state: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+        keep = (~mask.to(self.device)).unsqueeze(1).to(state[0].dtype)  # (B, 1)
+        return [h * keep for h in state]
+
+
+class ArtifactScorer:
+    """SessionScorer straight from an artifact's weights, following the GRU step written in
+    schemas.artifact; evaluates exactly what a worker would serve."""
+
+    def __init__(self, artifact: Artifact, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.manifest = artifact.manifest
+        self.n_items = self.manifest.n_items
+        w = {
+            k: torch.from_numpy(np.asarray(v, np.float32)).to(self.device)
+            for k, v in artifact.weights.items()
+        }
+        self.layers = [
+            tuple(w[f"gru.{i}.{name}"] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for i in range(len(self.manifest.layers))
+        ]
+        self.output_weight = w["output_weight"]
+        self.output_bias = w["output_bias"]
+        kind = self.manifest.input_kind
+        # onehot: W_ih @ onehot(i) is column i of W_ih, i.e. a row of its transpose
+        self.input_table = {
+            "shared": self.output_weight,
+            "embedding": w.get("item_embedding"),
+            "onehot": self.layers[0][0].t() if kind == "onehot" else None,
+        }[kind]
+
+    def init_state(self, batch_size: int) -> list[torch.Tensor]:
+        return [torch.zeros(batch_size, h, device=self.device) for h in self.manifest.layers]
+
+    @torch.no_grad()
+    def advance(self, state: list[torch.Tensor], items: torch.Tensor) -> list[torch.Tensor]:
+        x = self.input_table[items.to(self.device)]  # (B, in_0)
+        new_state = []
+        for i, ((w_ih, w_hh, b_ih, b_hh), h) in enumerate(zip(self.layers, state, strict=True)):
+            if i == 0 and self.manifest.input_kind == "onehot":
+                gx = x + b_ih  # the lookup above already is W_ih @ onehot
+            else:
+                gx = x @ w_ih.t() + b_ih  # (B, 3H)
+            gh = h @ w_hh.t() + b_hh
+            xr, xz, xn = gx.chunk(3, dim=1)
+            hr, hz, hn = gh.chunk(3, dim=1)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            h = (1 - z) * n + z * h
+            new_state.append(h)
+            x = h
+        return new_state
+
+    @torch.no_grad()
+    def step(
+        self, state: list[torch.Tensor], items: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        state = self.advance(state, items)
+        return state, state[-1] @ self.output_weight.t() + self.output_bias
+
+    def reset(self, state: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+        keep = (~mask.to(self.device)).unsqueeze(1).to(state[0].dtype)
+        return [h * keep for h in state]
+
+
+def _run_lanes(
+    scorer: SessionScorer,
+    items: np.ndarray,
+    offsets: np.ndarray,
+    first_target: np.ndarray,
+    batch_size: int,
+    desc: str,
+    progress: bool,
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Yield (session indices (M,), target items (M,), scores (M, n_items)) for every target
+    position p >= first_target[s] of every session s, p counted from 0 within the session."""
+    device = _device_of(scorer)
+    lengths = np.diff(offsets)
+    todo = np.flatnonzero((first_target >= 1) & (first_target < lengths))
+    todo = todo[np.argsort(-lengths[todo], kind="stable")]  # longest first: lanes drain evenly
+    n_inputs = int((lengths[todo] - 1).sum())
+    items_t = torch.as_tensor(items, dtype=torch.long)
+
+    lanes = min(batch_size, len(todo))
+    if lanes == 0:
+        return
+    lane_session = todo[:lanes].copy()
+    lane_pos = np.zeros(lanes, dtype=np.int64)  # position of the item fed at this step
+    lane_active = np.ones(lanes, dtype=bool)
+    next_session = lanes
+    state = scorer.init_state(lanes)
+
+    bar = tqdm(total=n_inputs, desc=desc, unit="click", disable=not progress, leave=False)
+    while lane_active.any():
+        click = offsets[lane_session] + lane_pos
+        feed = items_t[np.where(lane_active, click, 0)]
+        evaluated = lane_active & (lane_pos + 1 >= first_target[lane_session])
+        if evaluated.any():
+            state, scores = scorer.step(state, feed.to(device))
+            rows = np.flatnonzero(evaluated)
+            targets = items_t[click[rows] + 1].to(device)
+            yield lane_session[rows], targets, scores[torch.as_tensor(rows, device=device)]
+        else:
+            state = _advance(scorer, state, feed.to(device))
+        bar.update(int(lane_active.sum()))
+
+        lane_pos += 1
+        done = lane_active & (lane_pos + 1 >= lengths[lane_session])
+        if done.any():
+            for lane in np.flatnonzero(done):
+                if next_session < len(todo):
+                    lane_session[lane] = todo[next_session]
+                    next_session += 1
+                else:
+                    lane_active[lane] = False
+            lane_pos[done] = 0
+            state = scorer.reset(state, torch.as_tensor(done, device=device))
+    bar.close()
+
+
+def _first_targets(data: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sessions = data.sessions
+    items = np.asarray(sessions.items, dtype=np.int64)
+    offsets = np.asarray(sessions.offsets, dtype=np.int64)
+    eval_from = np.asarray(data.eval_from, dtype=np.int64)
+    if eval_from.shape != (len(offsets) - 1,):
+        raise ValueError(f"eval_from has shape {eval_from.shape}, expected ({len(offsets) - 1},)")
+    return items, offsets, np.maximum(eval_from, 1)
+
+
+def evaluate_full(
+    scorer: SessionScorer,
+    data: Any,
+    ks: Sequence[int] = FULL_KS,
+    batch_size: int = 256,
+    *,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Full-ranking recall/MRR/NDCG@k of the next item at every evaluated position."""
+    items, offsets, first_target = _first_targets(data)
+    acc = MetricAccumulator(ks)
+    for _, targets, scores in _run_lanes(
+        scorer, items, offsets, first_target, batch_size, "evaluate (full)", progress
+    ):
+        acc.add(ranks_from_scores(scores, targets).cpu().numpy())
+    return acc.result()
+
+
+def evaluate_sampled(
+    scorer: SessionScorer,
+    data: Any,
+    ks: Sequence[int] = SAMPLED_KS,
+    batch_size: int = 256,
+    *,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Each evaluated session's last item ranked among itself and its given negatives.
+
+    Negatives < 0 (unknown to the scorer) and negatives equal to the target are left out,
+    so a row may compete against fewer than 99; all others are used exactly as given.
+    """
+    if data.negatives is None:
+        raise ValueError("the sampled protocol needs EvalData.negatives; this split has none")
+    items, offsets, first_target = _first_targets(data)
+    negatives = torch.as_tensor(np.asarray(data.negatives, dtype=np.int64))
+    if negatives.ndim != 2 or negatives.shape[0] != len(offsets) - 1:
+        raise ValueError(f"negatives has shape {tuple(negatives.shape)}, expected (n_sessions, C)")
+    lengths = np.diff(offsets)
+    # only the last target; sessions with nothing to evaluate keep first_target past their end
+    last_only = np.where(first_target < lengths, lengths - 1, lengths)
+    acc = MetricAccumulator(ks, include_hr=True)
+    for sessions, targets, scores in _run_lanes(
+        scorer, items, offsets, last_only, batch_size, "evaluate (sampled)", progress
+    ):
+        negs = negatives[torch.as_tensor(sessions)].to(scores.device)  # (M, C)
+        negs = torch.where(negs == targets[:, None], -1, negs)
+        candidates = torch.cat([targets[:, None], negs], dim=1)  # (M, 1 + C)
+        acc.add(ranks_among_candidates(scores, candidates).cpu().numpy())
+    return acc.result()
+
+
+@dataclass(frozen=True)
+class VocabMapping:
+    """How many clicks of an evaluation set the target vocabulary did not know."""
+
+    unknown_clicks: int
+    unknown_targets: int
+    unknown_negatives: int
+
+
+def map_to_vocab(
+    data: Any, source_ids: Sequence[str], target_index: Mapping[str, int]
+) -> tuple[Any, VocabMapping]:
+    """Re-express EvalData indexed by `source_ids` in another vocabulary (a model's).
+
+    A click on an item the target vocabulary lacks is skipped: it is neither fed nor
+    predicted, and the session goes on from the click before it. Unknown negatives become -1
+    (left out by evaluate_sampled). Returns the new EvalData and the counts.
+    """
+    lookup = np.array([target_index.get(str(i), -1) for i in source_ids], dtype=np.int64)
+    sessions = data.sessions
+    mapped = lookup[np.asarray(sessions.items, dtype=np.int64)]
+    offsets = np.asarray(sessions.offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    session_of = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(mapped)) - offsets[session_of]
+    eval_from = np.asarray(data.eval_from, dtype=np.int64)
+    was_target = position >= np.maximum(eval_from, 1)[session_of]
+    known = mapped >= 0
+
+    new_lengths = np.bincount(session_of[known], minlength=len(lengths))
+    new_offsets = np.concatenate([[0], np.cumsum(new_lengths)]).astype(np.int64)
+    # the evaluated positions stay a suffix: count the kept clicks before it
+    kept_before = np.bincount(session_of[known & ~was_target], minlength=len(lengths))
+    new_eval_from = np.maximum(kept_before, 1).astype(np.int64)
+
+    negatives = data.negatives
+    unknown_negatives = 0
+    if negatives is not None:
+        negatives = np.asarray(negatives, dtype=np.int64)
+        valid = negatives >= 0
+        negatives = np.where(valid, lookup[np.where(valid, negatives, 0)], -1)
+        unknown_negatives = int((valid & (negatives < 0)).sum())
+
+    new_sessions = type(sessions)(
+        items=mapped[known],
+        offsets=new_offsets,
+        timestamps=np.asarray(sessions.timestamps)[known],
+        session_ids=sessions.session_ids,
+    )
+    counts = VocabMapping(
+        unknown_clicks=int((~known).sum()),
+        unknown_targets=int((~known & was_target).sum()),
+        unknown_negatives=unknown_negatives,
+    )
+    new_data = type(data)(sessions=new_sessions, eval_from=new_eval_from, negatives=negatives)
+    return new_data, counts
