@@ -1,0 +1,354 @@
+"""Training GRU4Rec with session-parallel mini-batches (Hidasi et al., ICLR 2016).
+
+`batch_size` lanes each walk one session, oldest sessions first. At every step a lane feeds
+its current item and is scored on the next one; the other lanes' targets and `n_sample`
+popularity-sampled items are the negatives. When a lane's session ends the next unused
+session takes the lane and the lane's hidden state is zeroed at exactly that step. Hidden
+states are carried across steps but detached (no backpropagation through time). When no
+unused session is left, finished lanes are dropped and the batch shrinks, so every click of
+every session is a target once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from batch_training.config import TrainConfig
+from batch_training.losses import loss_function
+from batch_training.model import GRU4Rec
+from batch_training.optim import AdagradMomentum
+from batch_training.sampler import NegativeSampler
+
+log = logging.getLogger(__name__)
+
+
+class Sessions(Protocol):
+    """What training needs of `batch_training.data.SessionData`."""
+
+    items: np.ndarray  # int64 (n_clicks,)
+    offsets: np.ndarray  # int64 (n_sessions + 1,)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """ "auto" -> the current CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+# --- the session-parallel iterator -----------------------------------------------------------
+
+
+def session_bounds(offsets: np.ndarray, max_history: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the sessions that have a target (>= 2 clicks), in data order.
+
+    With max_history = L > 0 a session is cut into pieces [s, s+L], [s+L, s+2L], ...: the
+    last click of a piece is the first input of the next, so every click is still a target
+    exactly once, and no target sees more than L earlier clicks of its session.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    starts, ends = offsets[:-1], offsets[1:]
+    usable = ends - starts >= 2
+    starts, ends = starts[usable], ends[usable]
+    if max_history <= 0:
+        return starts.copy(), ends.copy()
+    # Piece k of a session covers inputs s + kL ... and ends one past its last target.
+    n_pieces = (ends - starts - 2) // max_history + 1
+    session = np.repeat(np.arange(len(starts)), n_pieces)
+    first = np.cumsum(n_pieces) - n_pieces
+    k = np.arange(len(session)) - np.repeat(first, n_pieces)
+    piece_starts = starts[session] + k * max_history
+    piece_ends = np.minimum(piece_starts + max_history + 1, ends[session])
+    return piece_starts, piece_ends
+
+
+@dataclass(frozen=True)
+class SessionStep:
+    """One mini-batch step; arrays are per lane after applying `keep`."""
+
+    inputs: np.ndarray  # int64 (B,) item fed to each lane
+    targets: np.ndarray  # int64 (B,) the item that follows it
+    keep: np.ndarray | None  # previous step's lanes that go on, in order; None = all of them
+    reset: np.ndarray  # bool (B,) the lane starts a new session here: zero its hidden state
+    sessions: np.ndarray  # int64 (B,) which session (index into starts/ends) each lane walks
+    positions: np.ndarray  # int64 (B,) where `inputs` sit in the flat click array
+
+
+def session_parallel_batches(
+    items: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    batch_size: int,
+    *,
+    min_lanes: int = 1,
+) -> Iterator[SessionStep]:
+    """Walk sessions [starts[s], ends[s]) of `items` in parallel lanes (each >= 2 clicks).
+
+    Stops when fewer than `min_lanes` lanes are left (the authors stop at 2 without sampled
+    negatives, since a lone lane has no in-batch negative).
+    """
+    n_sessions = len(starts)
+    n_lanes = min(batch_size, n_sessions)
+    sessions = np.arange(n_lanes)
+    pos = np.asarray(starts[:n_lanes], dtype=np.int64).copy()
+    end = np.asarray(ends[:n_lanes], dtype=np.int64).copy()
+    next_session = n_lanes
+    reset = np.ones(n_lanes, dtype=bool)
+    keep: np.ndarray | None = None
+    while len(pos) >= max(1, min_lanes):
+        yield SessionStep(items[pos], items[pos + 1], keep, reset, sessions.copy(), pos.copy())
+        pos = pos + 1
+        finished = pos + 1 >= end
+        reset, keep = finished, None
+        if not finished.any():
+            continue
+        done = np.flatnonzero(finished)
+        n_new = min(len(done), n_sessions - next_session)
+        refill, new = done[:n_new], np.arange(next_session, next_session + n_new)
+        sessions[refill], pos[refill], end[refill] = new, starts[new], ends[new]
+        next_session += n_new
+        if n_new < len(done):
+            alive = np.ones(len(pos), dtype=bool)
+            alive[done[n_new:]] = False
+            keep = np.flatnonzero(alive)
+            sessions, pos, end, reset = sessions[keep], pos[keep], end[keep], reset[keep]
+
+
+def advance_lanes(hidden: list[Tensor], step: SessionStep) -> list[Tensor]:
+    """Apply a step's lane changes to the hidden state: drop ended lanes, zero new ones."""
+    if step.keep is not None:
+        keep = torch.from_numpy(step.keep).to(hidden[0].device)
+        hidden = [h.index_select(0, keep) for h in hidden]
+    if step.reset.any():
+        reset = torch.from_numpy(step.reset).to(hidden[0].device)[:, None]  # (B, 1)
+        hidden = [h.masked_fill(reset, 0.0) for h in hidden]
+    return hidden
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    model: GRU4Rec
+    history: list[dict[str, Any]]
+    best_epoch: int  # 1-based; the model holds this epoch's weights
+    config: TrainConfig
+    device: str = field(default="cpu")
+
+
+def _check_inputs(data: Sessions, n_items: int, support: np.ndarray | None) -> None:
+    items, offsets = np.asarray(data.items), np.asarray(data.offsets)
+    if items.ndim != 1 or offsets.ndim != 1 or len(offsets) < 2:
+        raise ValueError("training data: items must be 1-d and offsets hold n_sessions + 1")
+    if offsets[0] != 0 or offsets[-1] != len(items) or np.any(np.diff(offsets) < 0):
+        raise ValueError("training data: offsets must rise from 0 to len(items)")
+    if len(items) and (items.min() < 0 or items.max() >= n_items):
+        raise ValueError(f"training data: item index outside [0, {n_items})")
+    if not np.any(np.diff(offsets) >= 2):
+        raise ValueError("training data: no session has two clicks, nothing to learn from")
+    if support is not None and np.shape(support) != (n_items,):
+        raise ValueError(f"item_support has shape {np.shape(support)}, expected ({n_items},)")
+
+
+def _optimizer(model: GRU4Rec, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adagrad":
+        return AdagradMomentum(
+            model.parameters(), lr=config.learning_rate, momentum=config.momentum
+        )
+    return torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory of the epoch; on CPU the process's peak resident set so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train(
+    train_data: Sessions,
+    config: TrainConfig,
+    *,
+    n_items: int,
+    item_support: np.ndarray | None = None,
+    validate: Callable[[GRU4Rec], float] | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> TrainResult:
+    """Train GRU4Rec; `validate(model)` (higher is better) drives early stopping.
+
+    item_support: training click counts per item, for the sampler and logQ; counted from
+    `train_data` when not given. The returned model is the best validated epoch's (the last
+    epoch's without `validate`), in eval mode.
+    """
+    _check_inputs(train_data, n_items, item_support)
+    dev = resolve_device(device)
+    items = np.asarray(train_data.items, dtype=np.int64)
+    if item_support is None:
+        item_support = np.bincount(items, minlength=n_items)
+    support = np.asarray(item_support, dtype=np.float64)
+    starts, ends = session_bounds(train_data.offsets, config.max_history)
+    epoch_events = int(np.sum(ends - starts - 1))
+    use_amp = config.mixed_precision and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    rng_devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(config.seed)
+        model = GRU4Rec.from_config(n_items, config).to(dev)
+        optimizer = _optimizer(model, config)
+        sampler = None
+        if config.n_sample > 0:
+            sampler = NegativeSampler(
+                support,
+                config.sample_alpha,
+                config.n_sample,
+                config.sample_cache_size,
+                device=dev,
+                seed=config.seed,
+            )
+        # Support counts, at least 1: every target was clicked at least once in training.
+        log_support = torch.as_tensor(np.log(np.maximum(support, 1.0)), dtype=torch.float32)
+        log_support = log_support.to(dev)
+        loss_fn = loss_function(config)
+        use_log_q = config.loss == "cross-entropy" and config.logq > 0
+
+        history: list[dict[str, Any]] = []
+        best_metric, best_epoch, best_state = -math.inf, 0, None
+        for epoch in range(1, config.n_epochs + 1):
+            model.train()
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=dev)
+            n_events = 0
+            hidden = model.init_hidden(min(config.batch_size, len(starts)))
+            bar = tqdm(
+                total=epoch_events,
+                desc=f"epoch {epoch}/{config.n_epochs}",
+                unit="ev",
+                unit_scale=True,
+                disable=not progress,
+                mininterval=0.5,
+            )
+            batches = session_parallel_batches(
+                items, starts, ends, config.batch_size, min_lanes=1 if sampler else 2
+            )
+            for i, step in enumerate(batches):
+                hidden = advance_lanes([h.detach() for h in hidden], step)
+                inputs = torch.from_numpy(step.inputs).to(dev, non_blocking=True)
+                targets = torch.from_numpy(step.targets).to(dev, non_blocking=True)
+                columns = targets if sampler is None else torch.cat([targets, sampler.sample()])
+                log_q = None
+                if use_log_q:
+                    # In-batch targets occur ~ support, sampled items ~ support ** alpha.
+                    log_q = log_support[columns]
+                    if sampler is not None:
+                        log_q[len(targets) :] *= config.sample_alpha
+                amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else None
+                with amp or contextlib.nullcontext():
+                    output, hidden = model.step(inputs, hidden)
+                    scores = model.score_items(output, columns)  # (B, B + n_sample)
+                per_lane = loss_fn(scores.float(), log_q)
+                loss = per_lane.sum() / config.batch_size
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += per_lane.detach().sum()
+                n_events += len(targets)
+                bar.update(len(targets))
+                if i % 100 == 0:
+                    mean = loss_sum.item() / n_events
+                    if not math.isfinite(mean):
+                        bar.close()
+                        raise FloatingPointError(
+                            f"loss is {mean} in epoch {epoch} at step {i}; "
+                            "try a lower learning_rate"
+                        )
+                    seconds = time.perf_counter() - t0
+                    bar.set_postfix(loss=f"{mean:.4f}", ev_s=f"{n_events / seconds:,.0f}")
+            bar.close()
+            seconds = time.perf_counter() - t0
+            mean_loss = loss_sum.item() / max(n_events, 1)
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"loss is {mean_loss} after epoch {epoch}")
+            entry: dict[str, Any] = {
+                "epoch": epoch,
+                "loss": mean_loss,
+                "events": n_events,
+                "seconds": seconds,
+                "events_per_s": n_events / seconds,
+                "peak_memory_mb": _peak_memory_mb(dev),
+                "valid": None,
+            }
+            if validate is not None:
+                model.eval()
+                t_valid = time.perf_counter()
+                with torch.no_grad():
+                    metric = float(validate(model))
+                entry["valid"] = metric
+                entry["valid_seconds"] = time.perf_counter() - t_valid
+                if metric > best_metric:
+                    best_metric, best_epoch = metric, epoch
+                    best_state = {
+                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                    }
+            else:
+                best_epoch = epoch
+            history.append(entry)
+            log.info(
+                "epoch %d: loss %.5f, %.0f events/s, %.1fs, valid %s",
+                epoch,
+                mean_loss,
+                entry["events_per_s"],
+                seconds,
+                entry["valid"],
+            )
+            if validate is not None and epoch - best_epoch >= config.patience:
+                log.info("no better validation for %d epochs, stopping", config.patience)
+                break
+
+        if best_state is not None and best_epoch != history[-1]["epoch"]:
+            model.load_state_dict(best_state)
+    return TrainResult(model.eval(), history, best_epoch, config, str(dev))
+
+
+def plot_history(history: list[dict[str, Any]], path: str | Path) -> Path:
+    """Training curves (loss, validation metric, events/s per epoch) to a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 3.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_valid, ax_speed = fig.subplots(1, 3)
+    ax_loss.plot(epochs, [h["loss"] for h in history], marker="o")
+    ax_loss.set(title="training loss", xlabel="epoch")
+    valid = [(h["epoch"], h["valid"]) for h in history if h.get("valid") is not None]
+    if valid:
+        ax_valid.plot(*zip(*valid, strict=True), marker="o", color="tab:green")
+    ax_valid.set(title="validation metric", xlabel="epoch")
+    ax_speed.bar(epochs, [h["events_per_s"] for h in history], color="tab:gray")
+    ax_speed.set(title="events / s", xlabel="epoch")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
