@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,6 +20,7 @@ MAX_ID_CHARS = 256
 MIN_TIMESTAMP_MS = 946_684_800_000
 DAY_MS = 86_400_000
 SCHEMA_VERSION = 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ValidationError(ValueError):
@@ -216,6 +217,8 @@ def parse_timestamp(value: Any) -> int:
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")) or not value.is_integer():
             raise ValidationError("timestamp", f"not an integral number of milliseconds: {value}")
+        if abs(value) >= 2**63:  # keeps the reason short: no 300-digit integer in it
+            raise ValidationError("timestamp", f"out of the 64-bit millisecond range: {value:.3g}")
         return int(value)
     if isinstance(value, str):
         text = value.strip()
@@ -227,7 +230,8 @@ def parse_timestamp(value: Any) -> int:
             raise ValidationError("timestamp", f"not ISO 8601: {value[:40]!r}") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)  # naive times are read as UTC
-        return int(parsed.timestamp() * 1000)
+        # Integer arithmetic: `timestamp() * 1000` loses a millisecond to float rounding.
+        return (parsed - _EPOCH) // timedelta(milliseconds=1)
     raise ValidationError(
         "timestamp", f"must be epoch milliseconds or ISO 8601, got {type(value).__name__}"
     )
