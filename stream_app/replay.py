@@ -18,9 +18,11 @@ kept when their event timestamp lies in [T0, T1). A session's clicks are taken i
 order, which is the order the worker sees them (the session id is the key, so one session
 lives in one partition). Sessions that began before T0 start from an empty state.
 
-Seen-item exclusion: by default the items already in the session are not recommended again,
-like the worker; `--no-exclude-seen` turns it off (which makes the numbers comparable with the
-offline full-ranking evaluation, where every item competes).
+Worker rules kept here: the items among the session's last `--history` clicks (the worker's
+default, 50) are not recommended again; `--no-exclude-seen` turns that off, which makes the
+numbers comparable with the offline full-ranking evaluation, where every item competes. A
+click older than its session's newest click is left out (the worker dead-letters it). Not
+reproduced: the worker's session expiry, which runs on wall-clock time, not event time.
 
 `--live` (republishing the range through running workers) is not implemented.
 """
@@ -49,12 +51,14 @@ from schemas.events import ClickEvent, ValidationError, decode_click, parse_time
 from schemas.metrics import MetricAccumulator
 from schemas.registry import Registry, resolve_model
 from schemas.topics import CLICKS
+from stream_app.core import CoreConfig
 from stream_app.inference import ServingModel
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 STANDARD_KS = (1, 5, 10, 20)
+WORKER_DEFAULTS = CoreConfig()
 
 
 # --- reading the archive -------------------------------------------------------------------
@@ -140,11 +144,24 @@ async def read_clicks(
         await consumer.stop()
 
 
-def group_sessions(events: Iterable[ClickEvent]) -> list[list[str]]:
-    """Item sequences per session, in the given (topic) order; sessions by first appearance."""
+def group_sessions(
+    events: Iterable[ClickEvent], out_of_order: list[ClickEvent] | None = None
+) -> list[list[str]]:
+    """Item sequences per session, in the given (topic) order; sessions by first appearance.
+
+    A click older than its session's newest kept click is left out (the worker sends it to
+    the dead-letter topic) and appended to `out_of_order` when given.
+    """
     sessions: dict[str, list[str]] = {}
+    newest: dict[str, int] = {}
     for event in events:
-        sessions.setdefault(event.session_id, []).append(event.item_id)
+        sid = event.session_id
+        if event.timestamp < newest.get(sid, event.timestamp):
+            if out_of_order is not None:
+                out_of_order.append(event)
+            continue
+        newest[sid] = event.timestamp
+        sessions.setdefault(sid, []).append(event.item_id)
     return list(sessions.values())
 
 
@@ -186,13 +203,14 @@ def replay_model(
     *,
     k: int = 20,
     exclude_seen: bool = True,
+    history: int = WORKER_DEFAULTS.history_len,
     batch_size: int = 256,
     source: str = "",
     progress: bool = True,
 ) -> ReplayResult:
     """Next-click metrics of one served model over whole sessions (see the module doc)."""
-    if k < 1:
-        raise ValueError(f"k must be positive, got {k}")
+    if k < 1 or history < 1:
+        raise ValueError(f"k and history must be positive, got {k}, {history}")
     acc = MetricAccumulator(cutoffs(k))
     recommended = np.zeros(model.n_items, dtype=bool)
     n_unknown_targets = n_unknown_inputs = 0
@@ -212,8 +230,9 @@ def replay_model(
         for t in range(items.shape[1] - 1):
             rows = np.flatnonzero(lengths > t + 1)  # lanes with a next click
             state[rows] = model.step(state[rows], items[rows, t])
-            # The seen items so far, padded with -1 (which matches no item): (r, t + 1).
-            exclude = items[rows, : t + 1] if exclude_seen else None
+            # The session's last `history` items, as the worker keeps them; -1 (unknown or
+            # padding) matches no item: (r, <= history).
+            exclude = items[rows, max(t + 1 - history, 0) : t + 1] if exclude_seen else None
             top, _ = model.recommend(state[rows], k, exclude)  # (r, k)
             targets = items[rows, t + 1]
             hit = (top == targets[:, None]) & (targets[:, None] >= 0)
@@ -325,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="never recommend items already in the session (the worker's default)",
     )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=WORKER_DEFAULTS.history_len,
+        help="items of the session that are excluded, the newest first (the worker's "
+        "--history, default %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="sessions per batch")
     parser.add_argument("--png", help="write a bar chart of the metrics here")
     parser.add_argument("--json", help="write the results as JSON here")
@@ -361,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.live:
         parser.error("--live is not implemented; replay runs offline through the serving core")
-    if args.k < 1:
-        parser.error("--k must be positive")
+    if args.k < 1 or args.history < 1:
+        parser.error("--k and --history must be positive")
     if args.start is not None and args.end is not None and args.start >= args.end:
         parser.error("--from must be before --to")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -381,11 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, ValueError) as exc:
         print(f"gru4stream replay: {exc}", file=sys.stderr)
         return 1
-    sessions = group_sessions(archive.events)
+    late: list[ClickEvent] = []
+    sessions = group_sessions(archive.events, late)
     span = _range_text(args.start, args.end)
     print(
-        f"{args.topic} {span}: {len(archive.events)} clicks in {len(sessions)} sessions "
-        f"({archive.n_invalid} invalid, {archive.n_outside} outside the range)"
+        f"{args.topic} {span}: {len(archive.events) - len(late)} clicks in {len(sessions)} "
+        f"sessions ({archive.n_invalid} invalid, {len(late)} out of order, "
+        f"{archive.n_outside} outside the range)"
     )
     results = [
         replay_model(
@@ -393,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             sessions,
             k=args.k,
             exclude_seen=args.exclude_seen,
+            history=args.history,
             batch_size=args.batch_size,
             source=source,
             progress=not args.no_progress,
@@ -405,10 +434,12 @@ def main(argv: list[str] | None = None) -> int:
             "topic": args.topic,
             "from": args.start,
             "to": args.end,
-            "n_events": len(archive.events),
+            "n_events": len(archive.events) - len(late),
             "n_sessions": len(sessions),
             "n_invalid": archive.n_invalid,
+            "n_out_of_order": len(late),
             "exclude_seen": args.exclude_seen,
+            "history": args.history,
             "models": [r.to_dict() for r in results],
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

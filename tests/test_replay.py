@@ -39,7 +39,9 @@ def random_sessions(n: int, seed: int = 0, vocab: int = N_ITEMS) -> list[list[st
     return [[f"i{j}" for j in rng.integers(0, vocab, rng.integers(1, 9))] for _ in range(n)]
 
 
-def direct_ranks(model: ServingModel, sessions, *, exclude_seen: bool) -> np.ndarray:
+def direct_ranks(
+    model: ServingModel, sessions, *, exclude_seen: bool, history: int = 1000
+) -> np.ndarray:
     """Exact ranks from the full score vector, one session and one click at a time."""
     ranks = []
     for seq in sessions:
@@ -52,7 +54,8 @@ def direct_ranks(model: ServingModel, sessions, *, exclude_seen: bool) -> np.nda
                 continue
             scores = model.scores(state).astype(np.float64)
             if exclude_seen:
-                seen = idx[: t + 1][idx[: t + 1] >= 0]
+                recent = idx[max(t + 1 - history, 0) : t + 1]
+                seen = recent[recent >= 0]
                 scores[0, seen] = -np.inf
             ranks.append(int(ranks_from_scores(scores, idx[t + 1 : t + 2])[0]))
     return np.array(ranks)
@@ -92,6 +95,15 @@ def test_seen_items_are_excluded_like_the_direct_computation(model):
     assert with_ex.metrics["recall@20"] < without.metrics["recall@20"]
 
 
+def test_only_the_workers_history_window_is_excluded(model):
+    sessions = random_sessions(200, seed=6, vocab=8)
+    short = replay_model(model, sessions, k=5, history=2, progress=False)
+    expected = rank_metrics(direct_ranks(model, sessions, exclude_seen=True, history=2), (1, 5))
+    assert short.metrics == pytest.approx(expected)
+    longer = replay_model(model, sessions, k=5, history=50, progress=False)
+    assert short.metrics != pytest.approx(longer.metrics)
+
+
 def test_unknown_items_leave_the_state_and_miss(model):
     sessions = [["i1", "nope", "i2", "i3"], ["gone", "i4"], ["i5", "i6", "missing"]]
     result = replay_model(model, sessions, k=20, exclude_seen=False, progress=False)
@@ -119,13 +131,18 @@ def test_coverage_counts_distinct_recommended_items(model):
     assert top1.coverage == pytest.approx(len(distinct) / N_ITEMS)
 
 
-def test_group_sessions_keeps_topic_order():
+def test_group_sessions_keeps_topic_order_and_drops_late_clicks():
+    t = 1_700_000_000_000
     events = [
-        ClickEvent("b", "1", 1_700_000_000_005),
-        ClickEvent("a", "2", 1_700_000_000_001),
-        ClickEvent("b", "3", 1_700_000_000_002),
+        ClickEvent("b", "1", t + 5),
+        ClickEvent("a", "2", t + 1),
+        ClickEvent("b", "3", t + 5),  # same time: accepted, in topic order
+        ClickEvent("b", "4", t + 2),  # older than b's newest click: the worker refuses it
+        ClickEvent("b", "5", t + 9),
     ]
-    assert group_sessions(events) == [["1", "3"], ["2"]]
+    late: list[ClickEvent] = []
+    assert group_sessions(events, late) == [["1", "3", "5"], ["2"]]
+    assert late == [events[3]]
 
 
 def test_cli_refuses_bad_input(tmp_path, capsys, artifact):
