@@ -398,20 +398,23 @@ def _read_rechorus(path: Path, *, with_negatives: bool) -> tuple[ClickLog, np.nd
     log = ClickLog(_object_array(list(columns[0])), _object_array(list(columns[1])), times)
     if not with_negatives:
         return log, None
-    negatives = []
-    for k, text in enumerate(columns[3]):
+    texts = columns[3]
+    for k, text in enumerate(texts):
         if not (text.startswith("[") and text.endswith("]")):
             raise DatasetFormatError(path, k + 2, f"neg_items {text[:40]!r} is not a [..] list")
-        ids = [t.strip() for t in text[1:-1].split(",")]
-        if negatives and len(ids) != len(negatives[0]):
-            raise DatasetFormatError(
-                path, k + 2, f"{len(ids)} negatives, the first row has {len(negatives[0])}"
-            )
-        if not all(ids):
-            raise DatasetFormatError(path, k + 2, "empty id in neg_items")
-        negatives.append(ids)
-    neg = np.empty((len(negatives), len(negatives[0])), dtype=object)
-    neg[:] = negatives
+    inner = [text[1:-1] for text in texts]
+    counts = np.array([text.count(",") + 1 for text in inner], dtype=np.int64)
+    bad = np.flatnonzero(counts != counts[0])
+    if len(bad):
+        k = int(bad[0])
+        raise DatasetFormatError(
+            path, k + 2, f"{counts[k]} negatives, the first row has {counts[0]}"
+        )
+    tokens = ",".join(inner).replace(" ", "").split(",")
+    if "" in tokens:
+        k = next(k for k, text in enumerate(inner) if "" in text.replace(" ", "").split(","))
+        raise DatasetFormatError(path, k + 2, "empty id in neg_items")
+    neg = _object_array(tokens).reshape(len(inner), int(counts[0]))
     return log, neg
 
 
