@@ -43,10 +43,12 @@ def test_ranks_reject_bad_shapes_and_targets():
         ranks_from_scores(np.zeros((1, 3)), np.array([3]))
 
 
-def test_torch_ranks_match_numpy_including_ties_and_nan():
+def test_torch_ranks_match_numpy_including_ties_nan_and_inf():
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 4, size=(50, 7)).astype(np.float32)  # many ties
     scores[rng.random(scores.shape) < 0.1] = np.nan
+    scores[rng.random(scores.shape) < 0.05] = -np.inf
+    scores[rng.random(scores.shape) < 0.05] = np.inf
     targets = rng.integers(0, 7, size=50)
     got = torch_ranks(torch.from_numpy(scores), torch.from_numpy(targets))
     assert got.dtype == torch.int64
