@@ -314,3 +314,27 @@ class ServingModel:
             # (B, fetch, 1) == (B, 1, E): at most (k + 50) * 50 compares per row.
             valid &= ~(labels[:, :, None] == excl[:, None, :]).any(axis=2)
         return _first_valid(labels, found, valid, k)
+
+    def recommend_exhaustive(
+        self,
+        state: np.ndarray,
+        k: int,
+        exclude: Sequence[Sequence[int]] | np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The naive path, kept as the benchmarks' baseline: score every item, sort them all.
+
+        Same answers as `recommend` with exact search (ties aside).
+        """
+        batch = state.shape[0]
+        scores = self.scores(state)
+        pop = self.empty_rows(state)
+        if pop.any():
+            scores[pop] = self.item_support.astype(np.float32)
+        excl = pad_ragged(exclude, batch)
+        if excl is not None:
+            rows, cols = np.nonzero(excl >= 0)
+            scores[rows, excl[rows, cols]] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top_scores = np.take_along_axis(scores, order, axis=1)
+        valid = np.isfinite(top_scores)
+        return _first_valid(order, top_scores, valid, k)

@@ -1,0 +1,61 @@
+"""The Faust application: one agent on `clicks`, the `sessions` table, timers and views.
+
+`create_app(config)` builds a fresh app from a frozen config, so tests can run several with
+their own ids and topics. Delivery is at least once: events are acknowledged after their
+batch is answered, and Faust flushes the producer before it commits offsets.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from stream_app.config import WorkerConfig
+from stream_app.runtime import WorkerRuntime
+from stream_app.views import register_views
+
+
+def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
+    app = faust.App(
+        config.app_id,
+        broker=f"kafka://{config.bootstrap}",
+        store="rocksdb://",
+        datadir=config.data_dir or f"{config.app_id}-data",
+        topic_partitions=config.partitions,
+        consumer_auto_offset_reset=config.offset_reset,
+        producer_acks=-1,
+        table_standby_replicas=config.standby_replicas,
+        web_port=config.web_port,
+        web_bind=config.web_bind,
+        web_host=config.web_host,
+        autodiscover=False,
+    )
+    runtime = WorkerRuntime(config, app)
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    clicks = app.topic(config.clicks_topic, **raw)
+    runtime.recommendations = app.topic(config.recommendations_topic, **raw)
+    runtime.dead_letters = app.topic(config.dlq_topic, **raw)
+    runtime.sessions = app.Table(
+        "sessions",
+        partitions=config.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=config.rocksdb_options(),  # bytes key/value types make Faust use "raw"
+    )
+    batch_max = 1 if config.naive else config.batch_max
+
+    @app.agent(clicks, name="answer-clicks")
+    async def answer_clicks(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(batch_max, within=config.batch_within_s):
+            clicks_, dead = runtime.decode(events)
+            await runtime.send_dead_letters(dead)
+            if not clicks_:
+                continue
+            model = await runtime.model_for_batch()  # read once: swaps fall between batches
+            result = await runtime.answer(model, clicks_, runtime.read_sessions(clicks_))
+            runtime.write_sessions(result)
+            await runtime.publish(result)
+
+    app.task(runtime.follow_model_updates)
+    app.timer(config.cleanup_interval_s, name="expire-sessions")(runtime.expire_sessions)
+    register_views(app, runtime)
+    return app, runtime

@@ -1,0 +1,68 @@
+"""The worker's configuration: plain typed values, set from the command line."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from stream_app.core import CoreConfig
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    app_id: str = "gru4stream-worker"  # also the consumer group and the changelog prefix
+    bootstrap: str = "127.0.0.1:9092"
+    clicks_topic: str = "clicks"
+    recommendations_topic: str = "recommendations"
+    dlq_topic: str = "clicks-dlq"
+    model_updates_topic: str = "model-updates"
+    partitions: int = 4  # of `clicks` (and so of the sessions changelog), if created here
+    model: str | None = None  # artifact dir, or a version / "promoted" / "latest" with registry
+    registry: str | None = None
+    core: CoreConfig = field(default_factory=CoreConfig)
+    # Micro-batches: up to batch_max clicks, or whatever arrived within batch_within_s.
+    batch_max: int = 256
+    batch_within_s: float = 0.01
+    # The naive baseline for benchmarks: one click at a time, full scoring, no executor.
+    naive: bool = False
+    cleanup_interval_s: float = 60.0  # how often expired sessions are deleted
+    web_port: int = 6066
+    web_bind: str = "0.0.0.0"
+    web_host: str = "127.0.0.1"
+    data_dir: str | None = None  # RocksDB files; default "<app_id>-data" in the working dir
+    offset_reset: str = "earliest"  # where a new consumer group starts on `clicks`
+    standby_replicas: int = 1
+    # RocksDB sized for a small machine (Faust's defaults: 2 GiB cache, 3 x 64 MiB buffers
+    # per partition); the sessions table is small and mostly read back from memory anyway.
+    rocksdb_block_cache_mb: int = 16
+    rocksdb_write_buffer_mb: int = 4
+    rocksdb_max_write_buffers: int = 2
+    exact_max_items: int = 100_000  # FAISS exact search up to this many items, HNSW above
+    hnsw_ef_search: int = 128
+    loglevel: str = "info"
+
+    def serving_options(self) -> dict[str, object]:
+        return {"exact_max_items": self.exact_max_items, "hnsw_ef_search": self.hnsw_ef_search}
+
+    def rocksdb_options(self) -> dict[str, int]:
+        mib = 1024 * 1024
+        return {
+            "block_cache_size": self.rocksdb_block_cache_mb * mib,
+            "block_cache_compressed_size": self.rocksdb_block_cache_mb * mib,
+            "write_buffer_size": self.rocksdb_write_buffer_mb * mib,
+            "max_write_buffer_number": self.rocksdb_max_write_buffers,
+            "target_file_size_base": 8 * mib,
+            "max_open_files": 256,
+        }
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """ "30m", "90s", "1.5h", "250ms", or plain seconds -> seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 250ms, 90s, 30m, 2h)")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]

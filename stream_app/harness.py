@@ -1,0 +1,114 @@
+"""Run workers as child processes and talk to their web views (tests, benchmarks, demos)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class WorkerProcess:
+    """`python -m stream_app ARGS` with its own web port, data dir and log file."""
+
+    args: list[str]
+    log_path: Path
+    web_port: int = field(default_factory=free_port)
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **(self.env or {})}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_app", *self.args, "--web-port", str(self.web_port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+        return self
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+        url = f"http://127.0.0.1:{self.web_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                body = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode("utf-8", "replace")
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            status, body = self.get("/health", timeout=2.0)
+        except OSError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    def wait_ready(self, timeout: float = 60.0, *, partitions: bool = True) -> dict[str, Any]:
+        """Until /health says ok (and, by default, the worker holds some partitions)."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail()}")
+            last = self.health()
+            if last and last.get("status") == "ok" and (not partitions or last.get("partitions")):
+                return last
+            time.sleep(0.25)
+        raise TimeoutError(f"worker not ready after {timeout:.0f} s ({last}): {self.tail()}")
+
+    def metric(self, name: str) -> float:
+        """Sum of a Prometheus sample family's values (labels ignored); 0 if absent."""
+        _, text = self.get("/metrics")
+        total = 0.0
+        for line in str(text).splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                head, _, value = line.rpartition(" ")
+                if head == name or head.startswith(name + "{"):
+                    total += float(value)
+        return total
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (a clean Faust shutdown: commit, flush), then SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last commit (the crash case)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])

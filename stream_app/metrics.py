@@ -1,0 +1,84 @@
+"""Prometheus metrics of one worker (served at /metrics in the text format).
+
+Each worker gets its own registry, so several apps in one process (tests) do not collide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+@dataclass
+class WorkerMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events_in = Counter("gru4stream_clicks", "Click messages consumed", registry=r)
+        self.recommendations = Counter(
+            "gru4stream_recommendations", "Recommendations published", registry=r
+        )
+        self.dead_letters = Counter(
+            "gru4stream_dead_letters",
+            "Clicks sent to the dead-letter topic, by the field at fault",
+            ["field"],
+            registry=r,
+        )
+        self.redelivered = Counter(
+            "gru4stream_redelivered_clicks",
+            "Clicks seen again after a crash (state not advanced twice)",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "gru4stream_batch_size", "Clicks per micro-batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "gru4stream_inference_seconds",
+            "Time in the inference core per micro-batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency_seconds = Histogram(
+            "gru4stream_click_to_recommendation_seconds",
+            "From the click's Kafka timestamp to its recommendation being sent",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sessions = Gauge(
+            "gru4stream_sessions", "Sessions in this worker's table partitions", registry=r
+        )
+        self.sessions_expired = Counter(
+            "gru4stream_sessions_expired", "Sessions deleted after inactivity", registry=r
+        )
+        self.sessions_recomputed = Counter(
+            "gru4stream_sessions_recomputed",
+            "Session states rebuilt from history (after a model swap)",
+            registry=r,
+        )
+        self.model_swaps = Counter("gru4stream_model_swaps", "Models loaded and served", registry=r)
+        self.model_refusals = Counter(
+            "gru4stream_model_refusals", "Model artifacts refused (corrupt, mismatched)", registry=r
+        )
+        self.model_loaded_at = Gauge(
+            "gru4stream_model_loaded_timestamp_seconds",
+            "When the serving model was loaded",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "gru4stream_model_info", "The serving model version (value 1)", ["version"], registry=r
+        )
+
+    def set_model(self, version: str, loaded_at: float) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+        self.model_loaded_at.set(loaded_at)
+        self.model_swaps.inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

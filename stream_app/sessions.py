@@ -1,0 +1,88 @@
+"""What the `sessions` table keeps per session, and its byte encoding.
+
+A value is: 4 bytes (little-endian JSON length), the JSON header, then the GRU hidden state
+as raw float32 (n_layers * H_max values). The header holds the recent item history as
+external ids, so the state can be recomputed under a model with another vocabulary, plus the
+offsets those clicks had, for answering a redelivered click after a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+_LEN = struct.Struct("<I")
+
+
+class SessionDecodeError(ValueError):
+    """A table value that is not a session record (corrupt or from an incompatible build)."""
+
+
+@dataclass
+class SessionState:
+    partition: int  # clicks partition of this session (its key's partition)
+    items: list[str] = field(default_factory=list)  # recent external item ids, oldest first
+    offsets: list[int] = field(default_factory=list)  # clicks offsets of `items`
+    last_event_ms: int = 0  # event time of the newest accepted click
+    touched_ms: int = 0  # wall time when the session was last updated (for expiry)
+    count: int = 0  # accepted clicks over the session's life (history may be shorter)
+    model_version: str | None = None  # the version `hidden` was computed with
+    hidden: np.ndarray | None = None  # (n_layers, H_max) float32, a cache of the GRU state
+    last_recommendation: dict[str, Any] | None = None  # Recommendation.to_dict()
+
+    @property
+    def last_offset(self) -> int:
+        return self.offsets[-1] if self.offsets else -1
+
+    def encode(self) -> bytes:
+        hidden = self.hidden
+        header = {
+            "p": self.partition,
+            "i": self.items,
+            "o": self.offsets,
+            "t": self.last_event_ms,
+            "w": self.touched_ms,
+            "n": self.count,
+            "v": self.model_version,
+            "s": None if hidden is None else list(hidden.shape),
+            "r": self.last_recommendation,
+        }
+        meta = orjson.dumps(header)
+        body = b"" if hidden is None else np.ascontiguousarray(hidden, np.float32).tobytes()
+        return _LEN.pack(len(meta)) + meta + body
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SessionState:
+        try:
+            (size,) = _LEN.unpack_from(raw, 0)
+            header = orjson.loads(raw[_LEN.size : _LEN.size + size])
+            shape = header["s"]
+            hidden = None
+            if shape is not None:
+                body = raw[_LEN.size + size :]
+                hidden = np.frombuffer(body, dtype=np.float32).reshape(shape).copy()
+            return cls(
+                partition=int(header["p"]),
+                items=list(header["i"]),
+                offsets=list(header["o"]),
+                last_event_ms=int(header["t"]),
+                touched_ms=int(header["w"]),
+                count=int(header["n"]),
+                model_version=header["v"],
+                hidden=hidden,
+                last_recommendation=header["r"],
+            )
+        except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise SessionDecodeError(f"not a session record: {exc}") from None
+
+
+def touched_ms_of(raw: bytes) -> int | None:
+    """The wall time of a stored session without decoding its state (for expiry scans)."""
+    try:
+        return SessionState.decode(raw).touched_ms
+    except SessionDecodeError:
+        return None

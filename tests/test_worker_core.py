@@ -1,0 +1,209 @@
+"""The worker's pure core: batch answers, session rules, the table encoding (no broker)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from schemas.artifact import read_artifact
+from schemas.events import ClickEvent, ValidationError
+from stream_app.config import parse_duration
+from stream_app.core import Click, CoreConfig, answer_batch, decode_message
+from stream_app.inference import ServingModel
+from stream_app.sessions import SessionDecodeError, SessionState
+from stream_app.synthetic import write_random_artifact
+
+NOW = 1_800_000_000_000
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    v1 = ServingModel.from_artifact(
+        read_artifact(write_random_artifact(root / "v1", version="v1", n_items=120, seed=1))
+    )
+    v2 = ServingModel.from_artifact(
+        read_artifact(
+            write_random_artifact(root / "v2", version="v2", n_items=120, layers=(16, 8), seed=2)
+        )
+    )
+    return v1, v2
+
+
+def click(sid: str, item: str, offset: int, ts: int = NOW, partition: int = 0) -> Click:
+    event = ClickEvent(session_id=sid, item_id=item, timestamp=ts)
+    return Click(event, "clicks", partition, offset, b"{}", sid.encode(), ts)
+
+
+def expected(model: ServingModel, items: list[str], k: int = 20) -> list[str]:
+    """What the model recommends after a whole prefix, items seen excluded."""
+    idx = model.index_of(items)
+    top, _ = model.recommend(model.run([idx]), k, exclude=[idx])
+    return model.item_ids(top[0])
+
+
+def items_of(rec) -> list[str]:
+    return [s.item_id for s in rec.items]
+
+
+def run_batches(model, batches, config=None, now=NOW):
+    """Feed batches through the core like the agent does, keeping the 'table' in a dict."""
+    table: dict[str, bytes] = {}
+    answers = []
+    for batch in batches:
+        stored = {
+            c.event.session_id: (
+                SessionState.decode(table[c.event.session_id])
+                if c.event.session_id in table
+                else None
+            )
+            for c in batch
+        }
+        result = answer_batch(model, batch, stored, config or CoreConfig(), now_ms=now)
+        for sid, session in result.sessions.items():
+            table[sid] = session.encode()
+        answers.append(result)
+    return answers, table
+
+
+def test_each_click_answered_with_the_model_top_k_for_its_prefix(models):
+    v1, _ = models
+    batch = [
+        click("a", "i1", 0),
+        click("b", "i5", 1),
+        click("a", "i2", 2),
+        click("a", "i3", 3),
+        click("b", "nope", 4),
+    ]
+    (result,), _ = run_batches(v1, [batch])
+    assert [(c.offset, r.click_offset) for c, r in result.answers] == [(i, i) for i in range(5)]
+    got = {c.offset: items_of(r) for c, r in result.answers}
+    assert got[0] == expected(v1, ["i1"])
+    assert got[2] == expected(v1, ["i1", "i2"])
+    assert got[3] == expected(v1, ["i1", "i2", "i3"])
+    assert got[4] == expected(v1, ["i5", "nope"])  # unknown item: state kept, still answered
+    assert all(len(r.items) == 20 and r.model_version == "v1" for _, r in result.answers)
+    assert "i1" not in got[3] and "i2" not in got[3]
+
+
+def test_splitting_into_batches_changes_nothing(models):
+    v1, _ = models
+    clicks = [click(f"s{i % 3}", f"i{(7 * i) % 50}", i) for i in range(12)]
+    one, _ = run_batches(v1, [clicks])
+    many, _ = run_batches(v1, [clicks[:5], clicks[5:6], clicks[6:]])
+    flat = [items_of(r) for res in many for _, r in res.answers]
+    assert flat == [items_of(r) for _, r in one[0].answers]
+
+
+def test_out_of_order_click_is_rejected_and_state_kept(models):
+    v1, _ = models
+    (result,), table = run_batches(
+        v1, [[click("a", "i1", 0, NOW), click("a", "i2", 1, NOW - 5), click("a", "i3", 2, NOW)]]
+    )
+    assert [c.offset for c, _ in result.rejected] == [1]
+    assert "older than the session's last event" in result.rejected[0][1]
+    assert result.rejected[0][1].startswith("timestamp:")
+    assert [r.click_offset for _, r in result.answers] == [0, 2]
+    assert items_of(result.answers[1][1]) == expected(v1, ["i1", "i3"])
+    assert SessionState.decode(table["a"]).items == ["i1", "i3"]
+
+
+def test_redelivered_clicks_do_not_advance_the_state_twice(models):
+    v1, _ = models
+    clicks = [click("a", "i1", 0), click("a", "i2", 1), click("a", "i3", 2), click("a", "i4", 3)]
+    first, table = run_batches(v1, [clicks[:3]])
+    # A crash before the commit: clicks 1..2 come again, then the new click 3.
+    stored = {"a": SessionState.decode(table["a"])}
+    again = answer_batch(v1, clicks[1:], stored, CoreConfig(), now_ms=NOW)
+    assert again.redelivered == 2
+    by_offset = {r.click_offset: items_of(r) for _, r in again.answers}
+    originals = {r.click_offset: items_of(r) for _, r in first[0].answers}
+    assert by_offset[1] == originals[1]  # recomputed from the stored history
+    assert by_offset[2] == originals[2]  # the stored last answer
+    assert by_offset[3] == expected(v1, ["i1", "i2", "i3", "i4"])  # not i2, i3 twice
+    assert again.sessions["a"].count == 4
+
+
+def test_model_swap_recomputes_the_state_from_history(models):
+    v1, v2 = models
+    _, table = run_batches(v1, [[click("a", "i1", 0), click("a", "i2", 1)]])
+    stored = {"a": SessionState.decode(table["a"])}
+    assert stored["a"].model_version == "v1"
+    result = answer_batch(v2, [click("a", "i3", 2)], stored, CoreConfig(), now_ms=NOW)
+    assert result.recomputed == 1
+    ((_, rec),) = result.answers
+    assert rec.model_version == "v2"
+    assert items_of(rec) == expected(v2, ["i1", "i2", "i3"])
+    assert result.sessions["a"].hidden.shape == (2, 16)
+
+
+def test_history_is_bounded_and_expired_sessions_start_over(models):
+    v1, _ = models
+    config = CoreConfig(history_len=3, session_ttl_ms=60_000)
+    clicks = [click("a", f"i{i}", i) for i in range(5)]
+    _, table = run_batches(v1, [clicks], config)
+    session = SessionState.decode(table["a"])
+    assert session.items == ["i2", "i3", "i4"] and session.offsets == [2, 3, 4]
+    assert session.count == 5
+    late = answer_batch(v1, [click("a", "i9", 5)], {"a": session}, config, now_ms=NOW + 61_000)
+    assert late.restarted == 1
+    assert late.sessions["a"].items == ["i9"] and late.sessions["a"].count == 1
+    assert items_of(late.answers[0][1]) == expected(v1, ["i9"])
+
+
+def test_popularity_answers_a_session_of_unknown_items(models):
+    v1, _ = models
+    (result,), _ = run_batches(v1, [[click("a", "unknown-1", 0)]])
+    rec = result.answers[0][1]
+    popular = v1.item_ids(np.argsort(-v1.item_support, kind="stable")[:20])
+    assert items_of(rec) == popular
+
+
+def test_exhaustive_baseline_gives_the_same_answers(models):
+    v1, _ = models
+    clicks = [click(f"s{i % 4}", f"i{(11 * i) % 90}", i) for i in range(16)]
+    fast, _ = run_batches(v1, [clicks])
+    naive, _ = run_batches(v1, [clicks], CoreConfig(exhaustive=True))
+    assert [items_of(r) for _, r in fast[0].answers] == [items_of(r) for _, r in naive[0].answers]
+
+
+def test_decode_message_requires_the_session_id_as_key():
+    good = b'{"session_id": "s1", "item_id": 5, "timestamp": 1700000000000}'
+    assert decode_message(good, b"s1", CoreConfig()).item_id == "5"
+    with pytest.raises(ValidationError, match="key: message key b's2' is not the session id"):
+        decode_message(good, b"s2", CoreConfig())
+    with pytest.raises(ValidationError, match="key: message key none"):
+        decode_message(good, None, CoreConfig())
+    assert decode_message(good, None, CoreConfig(require_session_key=False)).session_id == "s1"
+
+
+def test_session_record_round_trip_and_garbage():
+    state = SessionState(
+        partition=3,
+        items=["a", "b"],
+        offsets=[7, 9],
+        last_event_ms=5,
+        touched_ms=6,
+        count=2,
+        model_version="v9",
+        hidden=np.arange(6, dtype=np.float32).reshape(2, 3),
+        last_recommendation={"x": 1},
+    )
+    back = SessionState.decode(state.encode())
+    assert back.items == ["a", "b"] and back.offsets == [7, 9] and back.last_offset == 9
+    np.testing.assert_array_equal(back.hidden, state.hidden)
+    assert (back.partition, back.model_version, back.last_recommendation) == (3, "v9", {"x": 1})
+    with pytest.raises(SessionDecodeError):
+        SessionState.decode(b"\x05\x00\x00\x00garbage")
+
+
+@pytest.mark.parametrize(
+    "text,seconds", [("30m", 1800), ("90s", 90), ("250ms", 0.25), ("2h", 7200), ("12", 12)]
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_bad_duration_is_refused():
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("soon")
