@@ -179,3 +179,35 @@ def test_unknown_options_are_refused(tmp_path):
     artifact = read_artifact(write_random_artifact(tmp_path / "m", n_items=10))
     with pytest.raises(TypeError):
         ServingModel.from_artifact(artifact, exact_max_itemz=5)
+
+
+@pytest.mark.parametrize(
+    "kind,layers", [("shared", (24,)), ("embedding", (20, 12)), ("onehot", (16, 8))]
+)
+def test_scores_match_the_training_model(tmp_path, kind, layers):
+    """Parity with batch_training's GRU4Rec loaded from the same artifact (eval mode)."""
+    from batch_training.model import GRU4Rec
+
+    model, artifact = _model(tmp_path, n_items=70, layers=layers, input_kind=kind)
+    torch_model = GRU4Rec.from_artifact(artifact)
+    sessions = _sessions(70, 6, 5, seed=11)
+    padded = pad_ragged(sessions, len(sessions))
+    state = model.initial_state(len(sessions))
+    with torch.no_grad():
+        for session in sessions:
+            hidden = torch_model.init_hidden(1)
+            for t, item in enumerate(session):
+                out, hidden = torch_model.step(torch.tensor([item]), hidden)
+                want = torch_model.score_all(out)[0].numpy()
+                prefix = model.run([session[: t + 1]])
+                np.testing.assert_allclose(model.scores(prefix)[0], want, atol=1e-4, rtol=0)
+    for t in range(padded.shape[1]):
+        state = model.step(state, padded[:, t])
+    top, _ = model.recommend(state, 10)
+    with torch.no_grad():
+        for row, session in enumerate(sessions):
+            hidden = torch_model.init_hidden(1)
+            for item in session:
+                out, hidden = torch_model.step(torch.tensor([item]), hidden)
+            want = torch.topk(torch_model.score_all(out)[0], 10).indices.tolist()
+            assert top[row].tolist() == want
