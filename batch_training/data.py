@@ -4,7 +4,8 @@ Where the data comes from decides the split:
 
 - session logs (`diginetica-sample`, files, the archive topic via `split_from_events`): drop
   immediate repeats, then drop sessions shorter than `min_session_length` and items seen fewer
-  than `min_item_support` times, again and again until nothing changes. Sessions that start in
+  than `min_item_support` times, again and again until nothing changes (repeats that such
+  removals create are dropped in the same loop, so none is left). Sessions that start in
   the last `test_days` are the test set (optionally the last `valid_days` of the rest are the
   validation set); their items unknown to the training vocabulary are removed and sessions left
   shorter than 2 dropped. Every next item is a target (`eval_from` = 1).
@@ -123,6 +124,7 @@ class ItemVocab:
 
     ids: tuple[str, ...]  # external id at each internal index
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _ids: np.ndarray = field(init=False, repr=False, compare=False)  # object (n_items,)
 
     def __post_init__(self) -> None:
         index = {item: k for k, item in enumerate(self.ids)}
@@ -130,6 +132,9 @@ class ItemVocab:
             dup = next(i for i, c in Counter(self.ids).items() if c > 1)
             raise ValueError(f"duplicate item id {dup!r} in the vocabulary")
         object.__setattr__(self, "_index", index)
+        ids = np.empty(len(self.ids), dtype=object)
+        ids[:] = self.ids
+        object.__setattr__(self, "_ids", ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -149,7 +154,7 @@ class ItemVocab:
 
     def external(self, indices: np.ndarray) -> np.ndarray:
         """object array of external ids for internal indices."""
-        return np.asarray(self.ids, dtype=object)[np.asarray(indices, dtype=np.int64)]
+        return self._ids[np.asarray(indices, dtype=np.int64)]
 
     def support(self, data: SessionData) -> np.ndarray:
         """int64 (n_items,): clicks per item in `data` (training support, popularity)."""
@@ -310,17 +315,35 @@ def _keep_clicks(seqs: Sequences, keep: np.ndarray) -> Sequences:
     return Sequences(seqs.session_ids[alive], offsets, seqs.item_ids[keep], seqs.timestamps[keep])
 
 
-def filter_support(seqs: Sequences, *, min_session_length: int, min_item_support: int) -> Sequences:
-    """Drop short sessions and rare items repeatedly until both hold (a fixed point)."""
+def filter_support(
+    seqs: Sequences,
+    *,
+    min_session_length: int,
+    min_item_support: int,
+    drop_repeats: bool = False,
+) -> Sequences:
+    """Drop short sessions and rare items repeatedly until both hold (a fixed point).
+
+    With `drop_repeats`, a click that removals have made an immediate repeat (A X A with X
+    rare becomes A A) is dropped too, so the result has no immediate repeats either.
+    """
     item_codes = datasets.factorize(seqs.item_ids)
     seq_of = np.repeat(np.arange(len(seqs), dtype=np.int64), seqs.lengths)
     keep = np.ones(len(item_codes), dtype=bool)
     n_items = int(item_codes.max()) + 1 if len(item_codes) else 0
     while True:
-        session_len = np.bincount(seq_of[keep], minlength=len(seqs))
-        support = np.bincount(item_codes[keep], minlength=n_items)
-        ok = (session_len[seq_of] >= min_session_length) & (support[item_codes] >= min_item_support)
-        new_keep = keep & ok
+        new_keep = keep.copy()
+        if drop_repeats:
+            kept = np.flatnonzero(keep)
+            repeat = (item_codes[kept[1:]] == item_codes[kept[:-1]]) & (
+                seq_of[kept[1:]] == seq_of[kept[:-1]]
+            )
+            new_keep[kept[1:][repeat]] = False
+        session_len = np.bincount(seq_of[new_keep], minlength=len(seqs))
+        support = np.bincount(item_codes[new_keep], minlength=n_items)
+        new_keep &= (session_len[seq_of] >= min_session_length) & (
+            support[item_codes] >= min_item_support
+        )
         if new_keep.sum() == keep.sum():
             break
         keep = new_keep
@@ -328,12 +351,14 @@ def filter_support(seqs: Sequences, *, min_session_length: int, min_item_support
 
 
 def preprocess(seqs: Sequences, options: SplitOptions) -> Sequences:
+    """Drop immediate repeats, then filter sessions and items to a fixed point (see above)."""
     if options.drop_repeats:
         seqs = drop_immediate_repeats(seqs)
     return filter_support(
         seqs,
         min_session_length=options.min_session_length or 1,
         min_item_support=options.min_item_support or 1,
+        drop_repeats=bool(options.drop_repeats),
     )
 
 
@@ -719,10 +744,7 @@ async def aread_topic_events(
     )
     await consumer.start()
     try:
-        await consumer.topics()  # refresh the metadata
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
+        partitions = await _partitions(bootstrap, topic)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         first = await consumer.beginning_offsets(tps)
@@ -771,6 +793,22 @@ async def aread_topic_events(
         invalid_reasons=reasons,
         offsets={tp.partition: (start[tp], stop[tp]) for tp in tps},
     )
+
+
+async def _partitions(bootstrap: str, topic: str) -> list[int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (meta,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if meta["error_code"] or not meta["partitions"]:
+        raise ValueError(
+            f"topic {topic!r} does not exist on {bootstrap} (error code {meta['error_code']})"
+        )
+    return sorted(p["partition"] for p in meta["partitions"])
 
 
 async def _read_until(consumer, tps, stop, start, progress, timeout_s, topic) -> list:
