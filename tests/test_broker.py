@@ -139,6 +139,18 @@ def test_broker_that_cannot_start_is_reported_and_cleaned_up(tmp_path: Path) -> 
     assert not config.pid_file.exists()
 
 
+@pytest.mark.kafka
+def test_broker_that_exits_during_startup_is_reported(tmp_path: Path) -> None:
+    config = _config(tmp_path, heap=("-Xmx1k",))  # formats fine, then the JVM refuses to run
+    with pytest.raises(BrokerError) as info:
+        broker.start(config)
+    message = str(info.value)
+    assert message.startswith("the broker exited during startup")
+    assert "heap" in message and "\n" not in message
+    assert _processes_using(config.properties_file) == []
+    assert not config.pid_file.exists()
+
+
 def test_server_properties_describe_a_single_loopback_node(tmp_path: Path) -> None:
     config = _config(tmp_path)
     props = dict(

@@ -413,8 +413,13 @@ def _java_error(text: str) -> str | None:
     exceptions = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
     if exceptions:
         return exceptions[-1][:300]
-    errors = [ln for ln in lines if " ERROR " in ln or ln.startswith("Error")]
-    return errors[-1][:300] if errors else None
+    errors = [i for i, ln in enumerate(lines) if " ERROR " in ln or ln.startswith("Error")]
+    if not errors:
+        return None
+    i = errors[-1]
+    if lines[i].startswith("Error") and i + 1 < len(lines):  # the JVM's reason is below
+        return f"{lines[i]}: {lines[i + 1]}"[:300]
+    return lines[i][:300]
 
 
 def _log_tail_reason(config: BrokerConfig) -> str:
