@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 TIME_MODES = ("shift", "keep")
+MAX_KEPT_ERRORS = 100
 
 
 class PublishResult(NamedTuple):
@@ -70,12 +71,14 @@ async def publish_events(
     progress: bool = True,
     create_topic: bool = True,
     total: int | None = None,
+    errors: list[str] | None = None,
 ) -> PublishResult:
     """Send `events` in the given order; return how many were acknowledged and how many failed.
 
     `rate` limits the pace to that many events per second (None: as fast as the broker takes
-    them). Failed sends and contract violations are counted, never raised; a broker that
-    cannot be reached raises `aiokafka.errors.KafkaError`.
+    them). Failed sends and contract violations are counted, never raised (their reasons are
+    logged and, when `errors` is given, the first 100 appended to it); a broker that cannot be reached
+    raises `aiokafka.errors.KafkaError`.
     """
     if create_topic:
         await _ensure_clicks_topic(bootstrap, topic)
@@ -90,14 +93,14 @@ async def publish_events(
     )
     await producer.start()
     counts = {"sent": 0, "failed": 0}
-    first_errors: list[str] = []
     bar = tqdm(total=total, unit="click", desc=f"producing to {topic}", disable=not progress)
     pending: set[asyncio.Future] = set()
 
     def failed(reason: str) -> None:
         counts["failed"] += 1
-        if len(first_errors) < 5:
-            first_errors.append(reason)
+        if errors is not None and len(errors) < MAX_KEPT_ERRORS:
+            errors.append(reason)
+        if counts["failed"] <= 5:
             log.warning("not published: %s", reason)
         bar.update(1)
 
@@ -226,10 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # DatasetFormatError is a ValueError
         print(f"gru4stream produce: error: {exc}", file=sys.stderr)
         return 1
+    errors: list[str] = []
     try:
         result = asyncio.run(
             publish_events(
-                events, args.bootstrap, args.topic, rate=args.rate, progress=not args.no_progress
+                events,
+                args.bootstrap,
+                args.topic,
+                rate=args.rate,
+                progress=not args.no_progress,
+                errors=errors,
             )
         )
     except (KafkaError, OSError, RuntimeError) as exc:
@@ -243,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         f"sent {result.sent} clicks to {args.topic} on {args.bootstrap}, failed {result.failed}"
         f" (timestamps {first} .. {last}, time mode {args.time_mode})"
     )
+    if errors:
+        print(f"gru4stream produce: first failure: {errors[0]}", file=sys.stderr)
     return 0 if result.failed == 0 else 1
 
 
