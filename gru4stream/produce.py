@@ -76,9 +76,9 @@ async def publish_events(
     """Send `events` in the given order; return how many were acknowledged and how many failed.
 
     `rate` limits the pace to that many events per second (None: as fast as the broker takes
-    them). Failed sends and contract violations are counted, never raised (their reasons are
-    logged and, when `errors` is given, the first 100 appended to it); a broker that cannot be reached
-    raises `aiokafka.errors.KafkaError`.
+    them). Failed sends and contract violations are counted, never raised: their reasons are
+    logged and, when `errors` is given, the first 100 are appended to it. A broker that cannot
+    be reached raises `aiokafka.errors.KafkaError`.
     """
     if create_topic:
         await _ensure_clicks_topic(bootstrap, topic)
