@@ -58,8 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--any-key", action="store_true", help="accept clicks whose key is not the session id"
     )
+    p.add_argument("--commit-interval", default="2.8s", help="how often offsets are committed")
     p.add_argument("--offset-reset", choices=("earliest", "latest"), default="earliest")
     p.add_argument("--standby-replicas", type=int, default=1)
+    p.add_argument(
+        "--broker-session-timeout",
+        default="30s",
+        help="silence after which a worker's partitions move to the others (min 6s)",
+    )
     p.add_argument("--exact-max-items", type=int, default=100_000, help="HNSW above this")
     p.add_argument(
         "--naive", action="store_true", help="baseline mode: per click, full scoring (benchmarks)"
@@ -100,6 +106,8 @@ def config_from_args(args: argparse.Namespace):  # -> WorkerConfig (imported lat
         data_dir=args.data_dir,
         offset_reset=args.offset_reset,
         standby_replicas=args.standby_replicas,
+        broker_session_timeout_s=parse_duration(args.broker_session_timeout),
+        commit_interval_s=parse_duration(args.commit_interval),
         exact_max_items=args.exact_max_items,
         loglevel=args.loglevel,
     )

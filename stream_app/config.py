@@ -32,6 +32,10 @@ class WorkerConfig:
     data_dir: str | None = None  # RocksDB files; default "<app_id>-data" in the working dir
     offset_reset: str = "earliest"  # where a new consumer group starts on `clicks`
     standby_replicas: int = 1
+    # How long the group waits for a silent worker before its partitions move (Faust: 60 s).
+    # Shorter means faster failover after a crash; the broker's minimum is 6 s.
+    broker_session_timeout_s: float = 30.0
+    commit_interval_s: float = 2.8  # offsets are committed this often (after a flush)
     # RocksDB sized for a small machine (Faust's defaults: 2 GiB cache, 3 x 64 MiB buffers
     # per partition); the sessions table is small and mostly read back from memory anyway.
     rocksdb_block_cache_mb: int = 16

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
 
 
 def free_port() -> int:
@@ -112,3 +118,61 @@ class WorkerProcess:
         except OSError:
             return ""
         return "\n".join(lines[-n:])
+
+
+def click_message(session_id: str, item_id: str, timestamp: int) -> tuple[bytes, bytes]:
+    """A well-formed click as (key, value), keyed by its session id."""
+    value = orjson.dumps({"session_id": session_id, "item_id": item_id, "timestamp": timestamp})
+    return session_id.encode(), value
+
+
+async def produce_clicks(
+    bootstrap: str,
+    topic: str,
+    messages: Sequence[tuple[bytes | None, bytes | None]],
+    *,
+    rate: float | None = None,
+) -> list[tuple[int, int]]:
+    """Publish (key, value) pairs in order, at `rate` per second if given; (partition, offset)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+    )
+    await producer.start()
+    try:
+        started = time.monotonic()
+        futures = []
+        for i, (key, value) in enumerate(messages):
+            if rate:
+                delay = started + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            futures.append(await producer.send(topic, value, key=key))
+        metas = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [(m.partition, m.offset) for m in metas]
+
+
+class BackgroundProducer(threading.Thread):
+    """`produce_clicks` in a thread of its own; `join()` then read `.positions`."""
+
+    def __init__(self, bootstrap: str, topic: str, messages, *, rate: float | None = None):
+        super().__init__(daemon=True)
+        self.args = (bootstrap, topic, list(messages))
+        self.rate = rate
+        self.positions: list[tuple[int, int]] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.positions = asyncio.run(produce_clicks(*self.args, rate=self.rate))
+        except BaseException as exc:  # noqa: BLE001 - handed to the joining thread
+            self.error = exc
+
+    def result(self, timeout: float = 120.0) -> list[tuple[int, int]]:
+        self.join(timeout)
+        if self.is_alive():
+            raise TimeoutError("producer still running")
+        if self.error is not None:
+            raise self.error
+        return self.positions

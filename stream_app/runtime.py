@@ -92,7 +92,10 @@ class WorkerRuntime:
     async def model_for_batch(self) -> ServingModel:
         """The model that answers the next batch; waits while there is none yet."""
         if not (self.holder.ready.is_set() and self.follower.caught_up.is_set()):
-            log.warning("no model to serve yet: waiting (bad events still go to the DLQ)")
+            log.warning(
+                "waiting for a model to serve (and for %s to be read)",
+                self.config.model_updates_topic,
+            )
             await self.holder.ready.wait()
             await self.follower.caught_up.wait()
         model = self.holder.model
