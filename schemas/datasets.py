@@ -265,19 +265,32 @@ def _read_lines(path: Path) -> list[str]:
     return text.splitlines()
 
 
-def _int_column(path: Path, column: list[str], first_line: int, what: str) -> np.ndarray:
-    """Parse integers in bulk; on failure find and name the offending line."""
+def _int_column(
+    path: Path, column: list[str], first_line: int, what: str, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Parse integers in bulk; on failure find and name the offending line.
+
+    `rows`, if given, holds how many values each line contributed (several per line).
+    """
     try:
-        return np.array(column, dtype=np.str_).astype(np.int64)
-    except ValueError:
+        return np.fromiter(map(int, column), np.int64, len(column))
+    except (ValueError, OverflowError):
         for k, text in enumerate(column):
             try:
-                int(text)
-            except ValueError:
+                np.int64(int(text))
+            except (ValueError, OverflowError):
+                line = k if rows is None else int(np.searchsorted(np.cumsum(rows), k, "right"))
                 raise DatasetFormatError(
-                    path, first_line + k, f"{what} {text[:40]!r} is not an integer"
+                    path, first_line + line, f"{what} {text[:40]!r} is not a 64-bit integer"
                 ) from None
         raise
+
+
+def _id_strings(ids: np.ndarray) -> np.ndarray:
+    """Integer ids -> object array of their decimal strings, one shared object per distinct id
+    (so dictionary lookups hash each distinct id once)."""
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    return _object_array([str(u) for u in uniq.tolist()])[inverse.reshape(ids.shape)]
 
 
 def _split_rows(path: Path, lines: list[str], sep: str, n_fields: int, first_line: int) -> list:
@@ -328,7 +341,8 @@ def _read_user_lines(path: Path, *, min_items: int) -> Sequences:
         lengths[k] = len(parts) - 1
     offsets = np.zeros(len(lines) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    seqs = Sequences(_object_array(users), offsets, _object_array(items), np.empty(0, np.int64))
+    item_ids = _id_strings(_int_column(path, items, 1, "item id", rows=lengths))
+    seqs = Sequences(_object_array(users), offsets, item_ids, np.empty(0, np.int64))
     times = SYNTHETIC_BASE_MS + seqs.positions() * SECOND_MS
     return Sequences(seqs.session_ids, offsets, seqs.item_ids, times)
 
@@ -395,7 +409,9 @@ def _read_rechorus(path: Path, *, with_negatives: bool) -> tuple[ClickLog, np.nd
         raise DatasetFormatError(path, None, "no data rows after the header")
     columns = list(zip(*rows, strict=True))
     times = _int_column(path, list(columns[2]), 2, "time") * SECOND_MS
-    log = ClickLog(_object_array(list(columns[0])), _object_array(list(columns[1])), times)
+    users = _id_strings(_int_column(path, list(columns[0]), 2, "user_id"))
+    items = _id_strings(_int_column(path, list(columns[1]), 2, "item_id"))
+    log = ClickLog(users, items, times)
     if not with_negatives:
         return log, None
     texts = columns[3]
@@ -410,11 +426,9 @@ def _read_rechorus(path: Path, *, with_negatives: bool) -> tuple[ClickLog, np.nd
         raise DatasetFormatError(
             path, k + 2, f"{counts[k]} negatives, the first row has {counts[0]}"
         )
-    tokens = ",".join(inner).replace(" ", "").split(",")
-    if "" in tokens:
-        k = next(k for k, text in enumerate(inner) if "" in text.replace(" ", "").split(","))
-        raise DatasetFormatError(path, k + 2, "empty id in neg_items")
-    neg = _object_array(tokens).reshape(len(inner), int(counts[0]))
+    tokens = ",".join(inner).split(",")
+    ids = _int_column(path, tokens, 2, "negative item id", rows=counts)
+    neg = _id_strings(ids).reshape(len(inner), int(counts[0]))
     return log, neg
 
 
@@ -498,7 +512,7 @@ def read_diginetica_split(root: Path | None = None) -> DigineticaSplit:
     train = Sequences(
         _object_array([f"train-{i + 1}" for i in range(len(lines))]),
         np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        _object_array(train_items),
+        _id_strings(_int_column(train_path, train_items, 1, "item id", rows=lengths)),
         train_times,
     )
 

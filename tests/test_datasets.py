@@ -217,6 +217,15 @@ def test_broken_movielens_file_names_file_and_line(tmp_path):
         datasets.read_movielens_100k(tmp_path)
 
 
+def test_bad_item_id_in_a_sequence_file_names_its_line(tmp_path):
+    write_gz(tmp_path / "yelp-s3rec/Yelp.txt.gz", "1 2 3\n2 4 5 6\n3 7 x 9\n")
+    with pytest.raises(DatasetFormatError, match=r"Yelp\.txt\.gz, line 3: item id 'x'"):
+        datasets.read_user_sequences("yelp", root=tmp_path)
+    write_gz(tmp_path / "yelp-s3rec/Yelp.txt.gz", "1 2 3\n2\n")
+    with pytest.raises(DatasetFormatError, match="line 2: expected a user id and at least 1"):
+        datasets.read_user_sequences("yelp", root=tmp_path)
+
+
 def test_broken_diginetica_prefixes_are_refused(tmp_path):
     root = tmp_path
     write_gz(root / "diginetica/srgnn-split/train_sessions.txt.gz", "1 2\n3 4 5\n")
@@ -239,6 +248,9 @@ def test_broken_grocery_negatives_are_refused(tmp_path):
     write_gz(folder / "dev.csv.gz", good)
     write_gz(folder / "test.csv.gz", good + "2\t5\t300\t[3]\n")
     with pytest.raises(DatasetFormatError, match=r"test\.csv\.gz, line 3: 1 negatives"):
+        datasets.read_grocery(tmp_path)
+    write_gz(folder / "test.csv.gz", good + "2\t5\t300\t[3, x]\n")
+    with pytest.raises(DatasetFormatError, match=r"line 3: negative item id ' x'"):
         datasets.read_grocery(tmp_path)
     write_gz(folder / "test.csv.gz", "user\titem_id\ttime\tneg_items\n")
     with pytest.raises(DatasetFormatError, match=r"test\.csv\.gz, line 1: header"):
