@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +150,7 @@ class ItemVocab:
     def map(self, externals: Iterable[str]) -> np.ndarray:
         """int64 internal indices, -1 where an id is unknown."""
         values = externals.tolist() if isinstance(externals, np.ndarray) else list(externals)
-        get = self._index.get
-        return np.fromiter((get(x, -1) for x in values), np.int64, len(values))
+        return np.fromiter(map(self._index.get, values, repeat(-1)), np.int64, len(values))
 
     def external(self, indices: np.ndarray) -> np.ndarray:
         """object array of external ids for internal indices."""
