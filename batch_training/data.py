@@ -663,7 +663,12 @@ def split_diginetica(options: SplitOptions, *, root: Path | None = None) -> Data
 def load_split(
     name: str, options: SplitOptions | None = None, *, root: Path | None = None, **overrides: Any
 ) -> DatasetSplit:
-    """The split of dataset `name` (see the module docstring); keyword overrides of options."""
+    """The split of dataset `name` (see the module docstring).
+
+    Keyword overrides are SplitOptions fields (an unknown name raises TypeError), e.g.
+    `load_split("movielens-1m", max_sessions=50, n_negatives=0)`. `root` overrides
+    `schemas.datasets.datasets_root()`.
+    """
     opts = _merge(options or SplitOptions(), overrides)
     if name == "amazon-grocery":
         return split_grocery(opts, root=root)
