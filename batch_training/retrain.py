@@ -1,0 +1,478 @@
+"""Scheduled retraining: train on the archive, compare with the served model, promote or not.
+
+`gru4stream retrain --topic clicks --window 30d [--every 6h] [--registry ROOT] [--preset NAME]
+[--tolerance 0.01] [--holdout 1d] [--until T] [--bootstrap HOST:PORT]`
+
+One run:
+1. reads the clicks of the window [until - window, until) from the archive topic
+   (`until` defaults to now; `latest` means the newest click in the topic);
+2. splits them by time: sessions starting in the last `holdout` of the window are the held-out
+   slice, everything before is training data (the vocabulary is the training items);
+3. trains GRU4Rec (the preset, or the defaults; CUDA when present);
+4. evaluates the candidate and the promoted model on the same held-out slice with the same
+   `evaluate_full` code. The promoted model is read from its artifact and mapped onto the
+   candidate's vocabulary: a click on an item it does not know leaves its state unchanged
+   (as when serving), and such a target is a miss for it;
+5. promotes the candidate when its primary metric (recall@20 of the full-ranking protocol) is
+   not worse than the promoted model's by more than `tolerance`, an ABSOLUTE difference:
+   candidate >= promoted - tolerance. With no promoted model yet, the candidate is promoted;
+6. keeps every candidate in the registry (immutable, for inspection and rollback), records
+   each decision in the registry's log, and announces a promoted one on `model-updates`.
+
+Without `--every` it runs once and exits (cron, a Kubernetes CronJob): 0 after a run that
+promoted or kept the model, 1 when the run failed (no data, broker, artifact), 2 on usage
+errors. With `--every` it runs at that period until stopped, and a failed run is reported
+and retried at the next period. Each run prints one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+from batch_training.config import TrainConfig, apply_overrides, load_preset
+from batch_training.data import read_topic_events, split_from_events
+from batch_training.evaluate import ArtifactScorer, GRU4RecScorer, evaluate_full
+from batch_training.export import export_artifact
+from batch_training.publish import default_bootstrap, publish_artifact
+from batch_training.train import train
+from schemas.artifact import Artifact, ArtifactError
+from schemas.events import DAY_MS, ValidationError, parse_timestamp
+from schemas.registry import Registry
+from schemas.topics import CLICKS, MODEL_UPDATES
+
+log = logging.getLogger(__name__)
+
+PRIMARY_METRIC = "recall@20"
+DEFAULT_REGISTRY_ENV = "GRU4STREAM_MODELS"
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+
+
+class RetrainError(RuntimeError):
+    """A run that cannot go on (no data, nothing to evaluate on); the message says why."""
+
+
+# --- durations and times ---------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> int:
+    """'30d', '6h', '15m', '90s', '500ms', '2w', '1.5h' -> milliseconds (positive)."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not a duration: a number and a unit, one of ms, s, m, h, d, w "
+            "(e.g. 30d, 6h, 15m)"
+        )
+    value = float(match.group(1)) * _UNITS_MS[match.group(2)]
+    if value < 1:
+        raise ValueError(f"{text!r}: a duration must be positive")
+    return int(value)
+
+
+def format_duration(ms: int) -> str:
+    for unit in ("w", "d", "h", "m", "s"):
+        if ms >= _UNITS_MS[unit] and ms % _UNITS_MS[unit] == 0:
+            return f"{ms // _UNITS_MS[unit]}{unit}"
+    return f"{ms}ms"
+
+
+def _duration_arg(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _until_arg(text: str) -> int | str:
+    if text in ("now", "latest"):
+        return text
+    value: Any = int(text) if text.lstrip("-").isdigit() else text
+    try:
+        return parse_timestamp(value)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc.reason}") from None
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+# --- the promoted model on the candidate's vocabulary ------------------------------------------
+
+
+class MappedArtifactScorer:
+    """The promoted model's artifact as a SessionScorer over the candidate's vocabulary.
+
+    An input item the artifact does not know leaves the lane's state unchanged (the serving
+    rule); an item it does not know scores -inf, so as a target it ranks last (ties count
+    against the model) and never outranks anything.
+    """
+
+    def __init__(
+        self, artifact: Artifact, candidate_ids: tuple[str, ...], device: Any = "cpu"
+    ) -> None:
+        self.inner = ArtifactScorer(artifact, device=device)
+        self.device = self.inner.device
+        index = {item: i for i, item in enumerate(artifact.items)}
+        mapping = np.array([index.get(str(i), -1) for i in candidate_ids], dtype=np.int64)
+        self.n_items = len(mapping)
+        self.n_unknown = int((mapping < 0).sum())
+        self.mapping = torch.as_tensor(mapping, device=self.device)  # candidate -> served
+        self.known = self.mapping >= 0
+        self.gather = torch.where(self.known, self.mapping, 0)
+
+    def init_state(self, batch_size: int) -> list[torch.Tensor]:
+        return self.inner.init_state(batch_size)
+
+    def advance(self, state: list[torch.Tensor], items: torch.Tensor) -> list[torch.Tensor]:
+        mapped = self.mapping[items.to(self.device)]
+        known = (mapped >= 0).unsqueeze(1)  # (B, 1): unknown rows keep their state
+        new = self.inner.advance(state, torch.where(mapped >= 0, mapped, 0))
+        return [torch.where(known, n, old) for n, old in zip(new, state, strict=True)]
+
+    def step(
+        self, state: list[torch.Tensor], items: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        state = self.advance(state, items)
+        served = state[-1] @ self.inner.output_weight.t() + self.inner.output_bias
+        scores = served[:, self.gather]  # (B, candidate items)
+        return state, torch.where(self.known, scores, -torch.inf)
+
+    def reset(self, state: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+        return self.inner.reset(state, mask)
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    topic: str = CLICKS.name
+    bootstrap: str = "127.0.0.1:9092"
+    window_ms: int = 30 * 86_400_000
+    holdout_ms: int = 86_400_000
+    until: int | str = "now"  # epoch ms, "now" or "latest" (newest click in the topic)
+    registry: str = "models"
+    preset: str | None = None
+    overrides: tuple[str, ...] = ()  # key=value changes to the preset
+    tolerance: float = 0.01  # absolute, in units of PRIMARY_METRIC
+    primary: str = PRIMARY_METRIC
+    device: str = "auto"
+    publish: bool = True
+    updates_topic: str = MODEL_UPDATES.name
+    artifact_uri_prefix: str | None = None  # registry root as the workers see it
+    progress: bool = True
+    split_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    candidate: str
+    decision: str  # "promoted" or "rejected"
+    metrics: dict[str, float]
+    baseline: str | None
+    baseline_metrics: dict[str, float] | None
+    n_events: int
+    start_ms: int
+    end_ms: int
+    seconds: float
+    published: bool
+
+    def summary(self, primary: str, tolerance: float) -> str:
+        cand = self.metrics.get(primary, float("nan"))
+        if self.baseline is None:
+            versus = "no promoted model yet"
+        else:
+            base = (self.baseline_metrics or {}).get(primary, float("nan"))
+            versus = f"{self.baseline} {base:.4f} (tolerance {tolerance:g})"
+        where = " and published" if self.published else ""
+        return (
+            f"retrain {self.candidate}: {primary} {cand:.4f} vs {versus} -> "
+            f"{self.decision}{where}; {self.n_events} clicks "
+            f"[{iso(self.start_ms)}, {iso(self.end_ms)}), {self.seconds:.0f} s"
+        )
+
+
+def decide(
+    candidate: dict[str, float],
+    baseline: dict[str, float] | None,
+    *,
+    primary: str = PRIMARY_METRIC,
+    tolerance: float = 0.01,
+) -> str:
+    """ "promoted" when candidate[primary] >= baseline[primary] - tolerance (absolute)."""
+    if primary not in candidate:
+        raise RetrainError(f"candidate metrics lack the primary metric {primary!r}")
+    if baseline is None:
+        return "promoted"
+    return "promoted" if candidate[primary] >= baseline[primary] - tolerance else "rejected"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def run_once(options: RetrainOptions) -> RunReport:
+    """One retraining run (see the module doc); raises RetrainError / ArtifactError."""
+    started = time.perf_counter()
+    registry = Registry(options.registry)
+    # Fail early on a broken registry rather than after an hour of training.
+    served = registry.promoted()
+    served_artifact = registry.load(served) if served is not None else None
+
+    if options.until == "latest":
+        all_events = read_topic_events(options.bootstrap, options.topic, progress=options.progress)
+        if not all_events:
+            raise RetrainError(f"topic {options.topic!r} holds no valid clicks")
+        end_ms = max(e.timestamp for e in all_events) + 1
+        start_ms = end_ms - options.window_ms
+        events = [e for e in all_events if e.timestamp >= start_ms]
+    else:
+        end_ms = _now_ms() if options.until == "now" else int(options.until)
+        start_ms = end_ms - options.window_ms
+        events = read_topic_events(
+            options.bootstrap,
+            options.topic,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            progress=options.progress,
+        )
+        # The read goes by the records' Kafka timestamps; the window is about click times
+        # (the same unless a producer left the record timestamp unset).
+        events = [e for e in events if start_ms <= e.timestamp < end_ms]
+    if not events:
+        raise RetrainError(
+            f"no clicks in {options.topic!r} within [{iso(start_ms)}, {iso(end_ms)})"
+        )
+    split = split_from_events(
+        events,
+        name=f"{options.topic}@{iso(end_ms)}",
+        test_days=options.holdout_ms / DAY_MS,
+        n_negatives=0,  # the comparison uses the full-ranking protocol only
+        **options.split_options,
+    )
+    if split.test.sessions.n_sessions == 0:
+        raise RetrainError(
+            f"the held-out slice (last {format_duration(options.holdout_ms)}) holds no "
+            "session with two known clicks; widen --holdout or --window"
+        )
+    config = load_preset(options.preset) if options.preset else TrainConfig()
+    if options.overrides:
+        config = apply_overrides(config, list(options.overrides))
+    n_items = len(split.vocab.ids)
+    support = split.item_support
+
+    result = train(
+        split.train,
+        config,
+        n_items=n_items,
+        item_support=support,
+        device=options.device,
+        progress=options.progress,
+    )
+    metrics = evaluate_full(GRU4RecScorer(result.model), split.test, progress=options.progress)
+
+    baseline_metrics = None
+    if served_artifact is not None:
+        device = next(result.model.parameters()).device
+        scorer = MappedArtifactScorer(served_artifact, split.vocab.ids, device)
+        baseline_metrics = evaluate_full(scorer, split.test, progress=options.progress)
+    decision = decide(
+        metrics, baseline_metrics, primary=options.primary, tolerance=options.tolerance
+    )
+
+    name, path = registry.new_version_dir()
+    training_data = {
+        "topic": options.topic,
+        "first_timestamp": start_ms,
+        "last_timestamp": end_ms,
+        "holdout_from": end_ms - options.holdout_ms,
+        "n_events": len(events),
+        "n_train_sessions": split.train.n_sessions,
+        "n_holdout_sessions": split.test.sessions.n_sessions,
+    }
+    export_artifact(
+        result,
+        split.vocab,
+        path,
+        version=name,
+        item_support=support,
+        training_data=training_data,
+        metrics={"holdout": metrics},
+    )
+    details = {
+        "baseline": served,
+        "baseline_metrics": baseline_metrics,
+        "primary": options.primary,
+        "tolerance": options.tolerance,
+        "window": [start_ms, end_ms],
+        "n_events": len(events),
+    }
+    published = False
+    if decision == "promoted":
+        if options.publish:
+            uri = None
+            if options.artifact_uri_prefix:
+                uri = f"{options.artifact_uri_prefix.rstrip('/')}/{name}"
+            try:
+                asyncio.run(
+                    publish_artifact(options.bootstrap, path, topic=options.updates_topic, uri=uri)
+                )
+            except Exception as exc:
+                registry.record(name, metrics, "publish-failed", **details, error=str(exc))
+                raise RetrainError(f"{name} passed but publishing it failed: {exc}") from exc
+            published = True
+        registry.promote(name, f"{options.primary} within tolerance of {served or 'nothing'}")
+    registry.record(name, metrics, decision, **details)
+    return RunReport(
+        candidate=name,
+        decision=decision,
+        metrics=metrics,
+        baseline=served,
+        baseline_metrics=baseline_metrics,
+        n_events=len(events),
+        start_ms=start_ms,
+        end_ms=end_ms,
+        seconds=time.perf_counter() - started,
+        published=published,
+    )
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gru4stream retrain",
+        description="retrain GRU4Rec from the archive topic; promote only if not worse",
+    )
+    parser.add_argument("--topic", default=CLICKS.name, help="archive topic (default clicks)")
+    parser.add_argument(
+        "--window", type=_duration_arg, default="30d", help="training window, e.g. 30d"
+    )
+    parser.add_argument(
+        "--every", type=_duration_arg, help="repeat at this period (e.g. 6h); default: run once"
+    )
+    parser.add_argument(
+        "--holdout",
+        type=_duration_arg,
+        default="1d",
+        help="most recent part of the window held out for the comparison (default 1d)",
+    )
+    parser.add_argument(
+        "--until",
+        type=_until_arg,
+        default="now",
+        help="end of the window: epoch ms, ISO 8601, 'now' (default) or 'latest' (newest click)",
+    )
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get(DEFAULT_REGISTRY_ENV, "models"),
+        help=f"model registry root (default ${DEFAULT_REGISTRY_ENV} or ./models)",
+    )
+    parser.add_argument("--preset", help="training preset (batch_training/presets/NAME.json)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one training hyperparameter (repeatable)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help=f"promote if {PRIMARY_METRIC} >= promoted's - tolerance (absolute; default 0.01)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    parser.add_argument("--bootstrap", default=default_bootstrap(), help="Kafka bootstrap servers")
+    parser.add_argument(
+        "--updates-topic", default=MODEL_UPDATES.name, help="where promoted versions go"
+    )
+    parser.add_argument(
+        "--artifact-uri-prefix",
+        help="the registry root as the workers see it, when it differs from --registry",
+    )
+    parser.add_argument(
+        "--no-publish", action="store_true", help="promote in the registry only, announce nothing"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> RetrainOptions:
+    return RetrainOptions(
+        topic=args.topic,
+        bootstrap=args.bootstrap,
+        window_ms=args.window,
+        holdout_ms=args.holdout,
+        until=args.until,
+        registry=args.registry,
+        preset=args.preset,
+        overrides=tuple(args.overrides),
+        tolerance=args.tolerance,
+        device=args.device,
+        publish=not args.no_publish,
+        updates_topic=args.updates_topic,
+        artifact_uri_prefix=args.artifact_uri_prefix,
+        progress=not args.no_progress,
+    )
+
+
+def _run_and_report(options: RetrainOptions) -> int:
+    try:
+        report = run_once(options)
+    except (RetrainError, ArtifactError, ValueError) as exc:
+        print(f"retrain failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # broker or training failures end this run with the reason
+        log.exception("retrain run failed")
+        print(f"retrain failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary(options.primary, options.tolerance), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tolerance < 0:
+        parser.error("--tolerance must be >= 0")
+    options = options_from_args(args)
+    if options.holdout_ms >= options.window_ms:
+        parser.error("--holdout must be shorter than --window")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.every is None:
+        return _run_and_report(options)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    period_s = args.every / 1000
+    while not stop.is_set():
+        began = time.monotonic()
+        _run_and_report(options)
+        wait = max(period_s - (time.monotonic() - began), 0.0)
+        if wait:
+            log.info("next run in %s", format_duration(int(wait * 1000)))
+        stop.wait(wait)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
