@@ -4,15 +4,16 @@
    it at the end; a broker that was already running is left alone).
 2. Trains GRU4Rec v0001 on the first users of MovieLens-1M, writes it to a model registry,
    promotes and publishes it on a model-updates topic.
-3. Starts a worker (`gru4stream worker`, a subprocess) on the demo's own topics.
+3. Starts a worker (`python -m stream_app`, which is `gru4stream worker`, as a subprocess)
+   on the demo's own topics, and waits until it serves v0001 and holds its partitions.
 4. Streams held-out users' histories as live sessions, interleaved (users neither model was
    trained on; each click stamped with the time it is sent).
 5. Halfway through, trains v0002 on more users and epochs and publishes it: the worker
    swaps models mid-stream, and sessions carry on under v0002 (their state is recomputed
    from their history).
 6. Reads the answers back from `recommendations`, joins each with the next click of its
-   session and prints hit rate, MRR and click-to-answer latency per model version, and a few
-   recommendations with movie titles.
+   session and prints hit rate, MRR, NDCG and click-to-answer latency per model version
+   (the join of `gru4stream replay --live`), and a few recommendations with movie titles.
 7. Stops the worker (and the broker if it started it) and deletes the demo's topics.
 
 Every run uses fresh topic names (`demo-<id>-clicks`, ...), so runs do not mix. `--quick`
@@ -27,29 +28,32 @@ import contextlib
 import gzip
 import logging
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import orjson
 
-from schemas.events import ClickEvent, decode_recommendation, encode_click
 from schemas.registry import Registry
+from stream_app.replay import (
+    LiveResult,
+    SentClick,
+    WorkerProcess,
+    delete_topics_with_prefix,
+    format_live_table,
+    free_port,
+    live_metrics,
+    read_answers,
+    send_clicks,
+)
 
 log = logging.getLogger(__name__)
 
 DATASET = "movielens-1m"
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # holds gru4stream/, stream_app/, ...
 
 
 @dataclass(frozen=True)
@@ -138,20 +142,8 @@ def create_topics(bootstrap: str, topics: DemoTopics) -> None:
 
 def delete_topics(bootstrap: str, prefix: str) -> None:
     """Delete the demo's topics, the worker's changelog topics included (same prefix)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from deploy.kafka.admin import delete_topics as delete
-
-    async def names() -> list[str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            return [t for t in await admin.list_topics() if t.startswith(prefix)]
-        finally:
-            await admin.close()
-
     try:
-        asyncio.run(delete(bootstrap, asyncio.run(names())))
+        asyncio.run(delete_topics_with_prefix(bootstrap, prefix))
     except Exception as exc:  # noqa: BLE001 - leftovers are harmless, say so and go on
         say(f"(could not delete the demo topics: {exc})")
 
@@ -207,73 +199,6 @@ def publish(bootstrap: str, registry: Registry, version: str, topic: str) -> Non
     registry.promote(version, "demo")
 
 
-# --- the worker ------------------------------------------------------------------------------
-
-
-class WorkerProcess:
-    """`gru4stream worker` as a subprocess, its output in a log file."""
-
-    def __init__(self, args: list[str], log_path: Path, web_port: int) -> None:
-        self.log_path = log_path
-        self.url = f"http://127.0.0.1:{web_port}"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gru4stream.cli", "worker", *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=PACKAGE_ROOT,
-            env=env,
-            start_new_session=True,  # Ctrl-C in the terminal reaches the demo, which stops it
-        )
-
-    def get(self, path: str) -> tuple[int, dict[str, Any]]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=2) as response:
-                return response.status, orjson.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, orjson.loads(exc.read() or b"{}")
-
-    def wait_until(self, what: str, ready: Any, timeout_s: float) -> dict[str, Any]:
-        """Poll until `ready(status, body)` holds; RuntimeError with the log tail otherwise."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the worker exited ({self.proc.returncode}):\n{self.tail()}")
-            with contextlib.suppress(OSError, ValueError):
-                status, body = self.get("/model")
-                if ready(status, body):
-                    return body
-            time.sleep(0.5)
-        raise RuntimeError(f"the worker did not {what} within {timeout_s:.0f} s:\n{self.tail()}")
-
-    def tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return "(no log)"
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --- streaming ---------------------------------------------------------------------------------
 
 
@@ -309,132 +234,7 @@ def interleave(sessions: list[tuple[str, list[str]]], seed: int = 0) -> list[tup
     return stream
 
 
-@dataclass(frozen=True)
-class SentClick:
-    session_id: str
-    item_id: str
-    timestamp: int
-    partition: int
-    offset: int
-
-
-async def stream_clicks(
-    bootstrap: str, topic: str, clicks: list[tuple[str, str]], rate: float, desc: str
-) -> list[SentClick]:
-    """Send clicks at `rate` per second, each stamped with its send time (so the worker's
-    answer minus the click time is the click-to-recommendation latency)."""
-    from aiokafka import AIOKafkaProducer
-    from tqdm import tqdm
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
-    )
-    await producer.start()
-    sent: list[tuple[ClickEvent, asyncio.Future]] = []
-    try:
-        start = time.monotonic()
-        for i, (session_id, item_id) in enumerate(tqdm(clicks, desc=desc, unit="click")):
-            ahead = start + i / rate - time.monotonic()
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-            event = ClickEvent(session_id, item_id, int(time.time() * 1000))
-            future = await producer.send(
-                topic, encode_click(event), key=session_id.encode(), timestamp_ms=event.timestamp
-            )
-            sent.append((event, future))
-        await producer.flush()
-    finally:
-        await producer.stop()
-    out = []
-    for event, future in sent:
-        meta = future.result()
-        out.append(
-            SentClick(event.session_id, event.item_id, event.timestamp, meta.partition, meta.offset)
-        )
-    return out
-
-
-async def read_answers(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list:
-    """Recommendations from `topic` until `expected` distinct clicks are answered (or timeout)."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    answers: dict[tuple[int, int], Any] = {}
-    try:
-        deadline = time.monotonic() + timeout_s
-        while len(answers) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    rec = decode_recommendation(record.value)
-                    # At-least-once: a redelivered click may be answered twice; keep the first.
-                    answers.setdefault((rec.click_partition, rec.click_offset), rec)
-    finally:
-        await consumer.stop()
-    return list(answers.values())
-
-
-# --- live metrics ------------------------------------------------------------------------------
-
-
-@dataclass
-class VersionStats:
-    answers: int = 0
-    examples: int = 0  # answers whose session had a next click
-    hits: int = 0
-    reciprocal_ranks: float = 0.0
-    latencies_ms: list = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.latencies_ms = []
-
-
-def live_metrics(sent: list[SentClick], answers: list, k: int) -> dict[str, VersionStats]:
-    """Join each answer with the next click of its session; stats per model version."""
-    by_click = {(c.partition, c.offset): i for i, c in enumerate(sent)}
-    next_item: dict[int, str] = {}
-    last_of: dict[str, int] = {}
-    for i, click in enumerate(sent):
-        if click.session_id in last_of:
-            next_item[last_of[click.session_id]] = click.item_id
-        last_of[click.session_id] = i
-    stats: dict[str, VersionStats] = defaultdict(VersionStats)
-    for rec in answers:
-        i = by_click.get((rec.click_partition, rec.click_offset))
-        if i is None:
-            continue
-        s = stats[rec.model_version]
-        s.answers += 1
-        s.latencies_ms.append(rec.produced_at - sent[i].timestamp)
-        target = next_item.get(i)
-        if target is None:
-            continue
-        s.examples += 1
-        items = [x.item_id for x in rec.items[:k]]
-        if target in items:
-            s.hits += 1
-            s.reciprocal_ranks += 1.0 / (items.index(target) + 1)
-    return dict(sorted(stats.items()))
-
-
-def format_live_table(stats: dict[str, VersionStats], k: int) -> str:
-    head = (
-        f"{'model':<8}{'answers':>9}{'next clicks':>13}{f'hit@{k}':>9}{f'MRR@{k}':>9}"
-        f"{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}"
-    )
-    lines = [head, "-" * len(head)]
-    for version, s in stats.items():
-        lat = np.array(s.latencies_ms, dtype=np.float64)
-        n = max(s.examples, 1)
-        lines.append(
-            f"{version:<8}{s.answers:>9}{s.examples:>13}{s.hits / n:>9.3f}"
-            f"{s.reciprocal_ranks / n:>9.3f}{np.percentile(lat, 50):>9.0f}"
-            f"{np.percentile(lat, 95):>9.0f}{lat.max():>9.0f}"
-        )
-    return "\n".join(lines)
+# --- output -------------------------------------------------------------------------------------
 
 
 def movie_titles() -> dict[str, str]:
@@ -574,8 +374,6 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
                     topics.model_updates,
                     "--data-dir",
                     str(workdir / "worker-data"),
-                    "--web-port",
-                    str(port),
                     "--web-bind",
                     "127.0.0.1",
                     "--k",
@@ -586,9 +384,8 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
                 workdir / "worker.log",
                 port,
             )
-            body = worker.wait_until(
-                "load a model", lambda status, b: status == 200 and b.get("version"), 180
-            )
+            worker.wait_ready()
+            _, body = worker.get("/model")
             say(f"      serving {body['version']} ({body['n_items']} items, {body['search']})")
 
             sessions = held_out_sessions(
@@ -599,7 +396,7 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
             say(f"\n[3/6] Streaming {len(sessions)} held-out users as live sessions: "
                 f"{len(stream)} clicks at {config.rate:g}/s, first half")  # fmt: skip
             sent = asyncio.run(
-                stream_clicks(bootstrap, topics.clicks, stream[:half], config.rate, "first half")
+                send_clicks(bootstrap, topics.clicks, stream[:half], config.rate, desc="first half")
             )
 
             say(f"\n[4/6] Retraining v0002: {config.v2_users} users, {config.v2_epochs} "
@@ -620,7 +417,9 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
 
             say(f"\n[5/6] Streaming the second half ({len(stream) - half} clicks)")
             sent += asyncio.run(
-                stream_clicks(bootstrap, topics.clicks, stream[half:], config.rate, "second half")
+                send_clicks(
+                    bootstrap, topics.clicks, stream[half:], config.rate, desc="second half"
+                )
             )
             answers = asyncio.run(
                 read_answers(bootstrap, topics.recommendations, len(sent), timeout_s=120)
@@ -631,8 +430,10 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
             for line in sample_lines(sent, answers, config.k):
                 say(line)
             stats = live_metrics(sent, answers, config.k)
-            say("\nLive metrics per model version (answer joined with the session's next click):")
-            say(format_live_table(stats, config.k))
+            say("\nLive metrics per model version (each answer joined with the next click of")
+            say(f"its session: recall@{config.k} is the hit rate; latency = answer - click):")
+            result = LiveResult("demo", stats, len(sent), len(answers))
+            say(format_live_table([result], config.k))
             missing = len(sent) - len(answers)
             if missing:
                 say(f"\n{missing} clicks got no answer within the wait; see {worker.log_path}")

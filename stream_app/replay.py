@@ -1,7 +1,7 @@
 """Replay archived clicks through served models and compare them side by side.
 
 `gru4stream replay --topic clicks [--from T0] [--to T1] --model M[,M...] [--registry ROOT]
-[--k 20] [--png PATH] [--json PATH]`
+[--k 20] [--png PATH] [--json PATH] [--live --rate N]`
 
 Each model is a `ServingModel` (the worker's scoring path: the same GRU step, the same FAISS
 top-K with the popularity fallback, the same handling of unknown items, which leave the
@@ -24,16 +24,32 @@ numbers comparable with the offline full-ranking evaluation, where every item co
 click older than its session's newest click is left out (the worker dead-letters it). Not
 reproduced: the worker's session expiry, which runs on wall-clock time, not event time.
 
-`--live` (republishing the range through running workers) is not implemented.
+`--live --rate N` also sends the range, for each model, through a real worker: a worker
+process (`python -m stream_app`) serving that model on fresh topics of its own, fed the
+range's clicks in time order at N clicks per second (re-stamped with the send time, each
+session's order kept). Its answers on `recommendations` are joined with the next clicks for
+online Recall/MRR/NDCG@K and the click-to-answer latency. The live metrics equal the offline
+ones when the worker follows the same rules (the check `tests/test_replay.py` makes); the
+worker and its topics are removed afterwards. It does not tap the production workers: they
+read the production topics, where replayed clicks would mix with live traffic.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,12 +58,20 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from tqdm import tqdm
 
 from schemas.artifact import ArtifactError, read_artifact
-from schemas.events import ClickEvent, ValidationError, decode_click, parse_timestamp
+from schemas.events import (
+    ClickEvent,
+    Recommendation,
+    ValidationError,
+    decode_click,
+    decode_recommendation,
+    encode_click,
+    parse_timestamp,
+)
 from schemas.metrics import MetricAccumulator
 from schemas.registry import Registry, resolve_model
 from schemas.topics import CLICKS
@@ -255,6 +279,312 @@ def replay_model(
     )
 
 
+# --- live replay through a worker ------------------------------------------------------------
+
+
+def live_order(events: Sequence[ClickEvent]) -> list[ClickEvent]:
+    """The clicks a worker would accept, in time order (stable: topic order on ties)."""
+    late: list[ClickEvent] = []
+    group_sessions(events, late)
+    dropped = {id(e) for e in late}
+    return sorted((e for e in events if id(e) not in dropped), key=lambda e: e.timestamp)
+
+
+@dataclass(frozen=True)
+class SentClick:
+    session_id: str
+    item_id: str
+    timestamp: int  # when it was handed to the producer (epoch ms)
+    partition: int
+    offset: int
+
+
+async def send_clicks(
+    bootstrap: str,
+    topic: str,
+    clicks: Sequence[tuple[str, str]],
+    rate: float,
+    *,
+    desc: str = "sending",
+    progress: bool = True,
+) -> list[SentClick]:
+    """Send (session, item) clicks at `rate` per second, keyed by session, each stamped with
+    the time it is sent, so answer time minus click time is the click-to-answer latency."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+    )
+    await producer.start()
+    pending: list[tuple[ClickEvent, asyncio.Future]] = []
+    try:
+        start = time.monotonic()
+        for i, (session_id, item_id) in enumerate(
+            tqdm(clicks, desc=desc, unit="click", disable=not progress)
+        ):
+            ahead = start + i / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            event = ClickEvent(session_id, item_id, int(time.time() * 1000))
+            future = await producer.send(
+                topic, encode_click(event), key=session_id.encode(), timestamp_ms=event.timestamp
+            )
+            pending.append((event, future))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    sent = []
+    for event, future in pending:
+        meta = future.result()
+        sent.append(
+            SentClick(event.session_id, event.item_id, event.timestamp, meta.partition, meta.offset)
+        )
+    return sent
+
+
+async def read_answers(
+    bootstrap: str, topic: str, expected: int, timeout_s: float
+) -> list[Recommendation]:
+    """Recommendations on `topic` until `expected` distinct clicks are answered or time is up.
+
+    At least once: a click answered twice (after a worker restart) counts once, the first.
+    """
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    answers: dict[tuple[int | None, int | None], Recommendation] = {}
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(answers) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    rec = decode_recommendation(record.value)
+                    answers.setdefault((rec.click_partition, rec.click_offset), rec)
+    finally:
+        await consumer.stop()
+    return list(answers.values())
+
+
+@dataclass
+class LiveStats:
+    """Online metrics of one model version: answers joined with the next clicks."""
+
+    k: int
+    answers: int = 0
+    latencies_ms: list[int] = field(default_factory=list)
+    accumulator: MetricAccumulator | None = None
+
+    def __post_init__(self) -> None:
+        self.accumulator = MetricAccumulator(cutoffs(self.k))
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        assert self.accumulator is not None
+        return self.accumulator.result()
+
+    def latency(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+def live_metrics(
+    sent: Sequence[SentClick], answers: Sequence[Recommendation], k: int
+) -> dict[str, LiveStats]:
+    """Join each answer with the next click of its session; metrics per model version.
+
+    The rank is the next item's position in the answer (a miss beyond k), so the numbers
+    follow schemas.metrics exactly like the offline replay.
+    """
+    index = {(c.partition, c.offset): i for i, c in enumerate(sent)}
+    next_item: dict[int, str] = {}
+    last: dict[str, int] = {}
+    for i, click in enumerate(sent):
+        if click.session_id in last:
+            next_item[last[click.session_id]] = click.item_id
+        last[click.session_id] = i
+    stats: dict[str, LiveStats] = {}
+    for rec in answers:
+        i = index.get((rec.click_partition, rec.click_offset))
+        if i is None:
+            continue
+        s = stats.setdefault(rec.model_version, LiveStats(k))
+        s.answers += 1
+        s.latencies_ms.append(rec.produced_at - sent[i].timestamp)
+        target = next_item.get(i)
+        if target is not None:
+            items = [x.item_id for x in rec.items[:k]]
+            rank = items.index(target) + 1 if target in items else k + 1
+            assert s.accumulator is not None
+            s.accumulator.add([rank])
+    return dict(sorted(stats.items()))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class WorkerProcess:
+    """A worker (`python -m stream_app ARGS`) as a subprocess, its output in a log file."""
+
+    def __init__(self, args: Sequence[str], log_path: Path, web_port: int) -> None:
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{web_port}"
+        root = Path(__file__).resolve().parents[1]  # holds stream_app/ and schemas/
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_app", *args, "--web-port", str(web_port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            env=env,
+            start_new_session=True,  # its own process group: stop() ends it and its children
+        )
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                return response.status, orjson.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read() or b"{}")
+
+    def wait_until(
+        self, what: str, ready: Any, timeout_s: float, path: str = "/model"
+    ) -> dict[str, Any]:
+        """Poll `path` until `ready(status, body)`; RuntimeError with the log tail otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the worker exited ({self.proc.returncode}):\n{self.tail()}")
+            with contextlib.suppress(OSError, ValueError):
+                status, body = self.get(path)
+                if ready(status, body):
+                    return body
+            time.sleep(0.5)
+        raise RuntimeError(f"the worker did not {what} within {timeout_s:.0f} s:\n{self.tail()}")
+
+    def wait_ready(self, timeout_s: float = 180.0) -> dict[str, Any]:
+        """Until the worker serves a model AND holds its partitions (clicks sent before the
+        group has settled would wait, and their latency would measure the start-up)."""
+        return self.wait_until(
+            "get ready",
+            lambda status, body: status == 200 and bool(body.get("partitions")),
+            timeout_s,
+            path="/health",
+        )
+
+    def tail(self, lines: int = 15) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
+    """Remove a run's topics, the worker's changelog topics (same prefix) included."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+@dataclass
+class LiveResult:
+    source: str
+    stats: dict[str, LiveStats]
+    sent: int
+    answered: int
+
+
+def replay_live(
+    bootstrap: str,
+    model_path: str | os.PathLike[str],
+    events: Sequence[ClickEvent],
+    *,
+    k: int = 20,
+    rate: float = 200.0,
+    exclude_seen: bool = True,
+    history: int = WORKER_DEFAULTS.history_len,
+    workdir: str | os.PathLike[str] | None = None,
+    answer_timeout_s: float = 120.0,
+    progress: bool = True,
+) -> LiveResult:
+    """Replay clicks through a real worker serving `model_path`, on fresh topics.
+
+    The clicks go out in time order at `rate` per second, re-stamped with the send time
+    (sessions and their order are kept); the answers are joined with the next clicks. The
+    worker and the topics of the run are removed afterwards.
+    """
+    run = f"replay-{uuid.uuid4().hex[:8]}"
+    ordered = live_order(events)
+    with tempfile.TemporaryDirectory(prefix=f"{run}-", dir=workdir) as tmp:
+        port = free_port()
+        args = [
+            "--bootstrap", bootstrap, "--model", str(model_path), "--app-id", run,
+            "--clicks-topic", f"{run}-clicks", "--recommendations-topic", f"{run}-recs",
+            "--dlq-topic", f"{run}-dlq", "--model-updates-topic", f"{run}-updates",
+            "--data-dir", str(Path(tmp) / "data"), "--web-bind", "127.0.0.1",
+            "--k", str(k), "--history", str(history), "--loglevel", "warning",
+        ]  # fmt: skip
+        if not exclude_seen:
+            args.append("--keep-seen")
+        worker = WorkerProcess(args, Path(tmp) / "worker.log", port)
+        try:
+            worker.wait_ready()
+            sent = asyncio.run(
+                send_clicks(
+                    bootstrap,
+                    f"{run}-clicks",
+                    [(e.session_id, e.item_id) for e in ordered],
+                    rate,
+                    desc="live replay",
+                    progress=progress,
+                )
+            )
+            answers = asyncio.run(
+                read_answers(bootstrap, f"{run}-recs", len(sent), answer_timeout_s)
+            )
+        finally:
+            worker.stop()
+            with contextlib.suppress(Exception):
+                asyncio.run(delete_topics_with_prefix(bootstrap, run))
+    return LiveResult(str(model_path), live_metrics(sent, answers, k), len(sent), len(answers))
+
+
+def format_live_table(results: Sequence[LiveResult], k: int) -> str:
+    head = (
+        f"{'model':<10}{'answers':>9}{f'recall@{k}':>11}{f'mrr@{k}':>9}{f'ndcg@{k}':>9}"
+        f"{'p50 ms':>8}{'p95 ms':>8}{'max ms':>8}"
+    )
+    lines = [head]
+    for result in results:
+        for version, s in result.stats.items():
+            m = s.metrics
+            lines.append(
+                f"{version:<10}{s.answers:>9}{m[f'recall@{k}']:>11.4f}{m[f'mrr@{k}']:>9.4f}"
+                f"{m[f'ndcg@{k}']:>9.4f}{s.latency(50):>8.0f}{s.latency(95):>8.0f}"
+                f"{max(s.latencies_ms, default=0):>8.0f}"
+            )
+        if result.answered < result.sent:
+            lines.append(f"  ({result.sent - result.answered} clicks unanswered in time)")
+    return "\n".join(lines)
+
+
 # --- reporting -----------------------------------------------------------------------------
 
 
@@ -355,8 +685,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--png", help="write a bar chart of the metrics here")
     parser.add_argument("--json", help="write the results as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--live", action="store_true", help="replay through running workers (not implemented)"
+    live = parser.add_argument_group("live replay through a worker")
+    live.add_argument(
+        "--live", action="store_true", help="also send the range through a worker per model"
+    )
+    live.add_argument("--rate", type=float, default=200.0, help="clicks per second (--live)")
+    live.add_argument(
+        "--answer-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the last answers (--live)",
     )
     return parser
 
@@ -385,8 +723,8 @@ def _range_text(start: int | None, end: int | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.live:
-        parser.error("--live is not implemented; replay runs offline through the serving core")
+    if args.live and args.rate <= 0:
+        parser.error("--rate must be positive")
     if args.k < 1 or args.history < 1:
         parser.error("--k and --history must be positive")
     if args.start is not None and args.end is not None and args.start >= args.end:
@@ -429,6 +767,28 @@ def main(argv: list[str] | None = None) -> int:
         for source, model in models
     ]
     print(format_table(results))
+    live_results = []
+    if args.live:
+        for source, _ in models:
+            try:
+                live_results.append(
+                    replay_live(
+                        args.bootstrap,
+                        source,
+                        archive.events,
+                        k=args.k,
+                        rate=args.rate,
+                        exclude_seen=args.exclude_seen,
+                        history=args.history,
+                        answer_timeout_s=args.answer_timeout,
+                        progress=not args.no_progress,
+                    )
+                )
+            except RuntimeError as exc:  # the worker did not start or died: its log tail
+                print(f"gru4stream replay: live replay of {source} failed: {exc}", file=sys.stderr)
+                return 1
+        print(f"\nlive, through a worker at {args.rate:g} clicks/s:")
+        print(format_live_table(live_results, args.k))
     if args.json:
         report = {
             "topic": args.topic,
@@ -441,6 +801,23 @@ def main(argv: list[str] | None = None) -> int:
             "exclude_seen": args.exclude_seen,
             "history": args.history,
             "models": [r.to_dict() for r in results],
+            "live": [
+                {
+                    "source": r.source,
+                    "sent": r.sent,
+                    "answered": r.answered,
+                    "rate": args.rate,
+                    "versions": {
+                        v: {
+                            "answers": s.answers,
+                            "metrics": s.metrics,
+                            "latency_ms": {"p50": s.latency(50), "p95": s.latency(95)},
+                        }
+                        for v, s in r.stats.items()
+                    },
+                }
+                for r in live_results
+            ],
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

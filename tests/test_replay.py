@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from schemas.artifact import read_artifact
-from schemas.events import ClickEvent, encode_click
+from schemas.events import ClickEvent, Recommendation, ScoredItem, encode_click
 from schemas.metrics import rank_metrics, ranks_from_scores
 from schemas.topics import CLICKS, spec_named
 from stream_app.inference import ServingModel
-from stream_app.replay import group_sessions, main, replay_model
+from stream_app.replay import SentClick, group_sessions, live_metrics, main, replay_model
 from stream_app.synthetic import write_random_artifact
 from tests.kafka_util import create_topic, produce, unique_topic
 
@@ -145,11 +145,50 @@ def test_group_sessions_keeps_topic_order_and_drops_late_clicks():
     assert late == [events[3]]
 
 
+def _answer(version: str, click: SentClick, items: list[str], produced_at: int):
+    return Recommendation(
+        session_id=click.session_id,
+        items=tuple(ScoredItem(i, 1.0) for i in items),
+        model_version=version,
+        produced_at=produced_at,
+        click_partition=click.partition,
+        click_offset=click.offset,
+        click_timestamp=click.timestamp,
+    )
+
+
+def test_live_metrics_join_answers_with_the_next_click():
+    sent = [
+        SentClick("s1", "a", 1000, 0, 0),
+        SentClick("s2", "x", 1001, 1, 0),
+        SentClick("s1", "b", 1002, 0, 1),
+        SentClick("s1", "c", 1003, 0, 2),
+        SentClick("s2", "y", 1004, 1, 1),
+    ]
+    answers = [
+        _answer("v0001", sent[0], ["z", "b"], 1010),  # next of s1 after a is b: rank 2
+        _answer("v0001", sent[1], ["q"], 1021),  # next of s2 after x is y: a miss
+        _answer("v0002", sent[2], ["c"], 1012),  # next is c: rank 1
+        _answer("v0002", sent[3], ["a"], 1013),  # s1's last click: nothing to predict
+        _answer("v0002", sent[4], ["a"], 1014),  # s2's last click
+        _answer("v0002", SentClick("s9", "?", 0, 3, 99), ["a"], 5),  # not a click we sent
+    ]
+    stats = live_metrics(sent, answers, k=2)
+    assert list(stats) == ["v0001", "v0002"]
+    v1, v2 = stats["v0001"], stats["v0002"]
+    assert (v1.answers, v2.answers) == (2, 3)
+    assert v1.metrics == pytest.approx(rank_metrics([2, 3], (1, 2)))
+    assert v2.metrics == pytest.approx(rank_metrics([1], (1, 2)))
+    assert sorted(v1.latencies_ms) == [10, 20] and v1.latency(50) == 15
+    # The list is cut at k: with k=1 the rank-2 hit is a miss.
+    assert live_metrics(sent, answers, k=1)["v0001"].metrics["recall@1"] == 0.0
+
+
 def test_cli_refuses_bad_input(tmp_path, capsys, artifact):
     with pytest.raises(SystemExit) as exit_:
-        main(["--model", str(artifact.path), "--live"])
+        main(["--model", str(artifact.path), "--live", "--rate", "0"])
     assert exit_.value.code == 2
-    assert "not implemented" in capsys.readouterr().err
+    assert "--rate must be positive" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--model", str(artifact.path), "--from", "yesterday"])
     assert "not ISO 8601" in capsys.readouterr().err
@@ -193,3 +232,38 @@ def test_replay_from_topic_matches_in_memory_replay(tmp_path, kafka_bootstrap, m
         assert got["metrics"] == pytest.approx(expected.metrics)
         assert got["coverage"] == pytest.approx(expected.coverage)
     assert out_png.stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_live_replay_through_a_worker_matches_the_offline_replay(tmp_path, kafka_bootstrap):
+    """The same clicks through a real worker give the offline replay's numbers: one scoring
+    path, the same exclusion and unknown-item rules."""
+    topic = create_topic(kafka_bootstrap, spec_named(unique_topic("clicks"), CLICKS))
+    t0 = 1_700_000_000_000
+    sessions = random_sessions(25, seed=7)
+    sessions[0] = ["i1", "unknown-item", "i2", "i1"]  # an unknown click and a repeat
+    events = [
+        ClickEvent(f"s{s}", item, t0 + 1000 * i + s)
+        for s, seq in enumerate(sessions)
+        for i, item in enumerate(seq)
+    ]
+    produce(kafka_bootstrap, topic, [(e.session_id, encode_click(e)) for e in events])
+    model_dir = write_random_artifact(
+        tmp_path / "m", version="v0007", n_items=N_ITEMS, layers=(24, 16), seed=5
+    )
+    out = tmp_path / "r.json"
+    argv = [
+        "--topic", topic, "--bootstrap", kafka_bootstrap, "--model", str(model_dir),
+        "--k", "10", "--live", "--rate", "100", "--json", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = orjson.loads(out.read_bytes())
+    (offline,) = report["models"]
+    (live,) = report["live"]
+    assert live["sent"] == live["answered"] == len(events)
+    assert list(live["versions"]) == ["v0007"]
+    online = live["versions"]["v0007"]
+    assert online["metrics"]["n_examples"] == offline["n_examples"]
+    for name in ("recall@10", "mrr@10", "ndcg@10", "recall@1", "recall@5"):
+        assert online["metrics"][name] == pytest.approx(offline["metrics"][name], abs=1e-9), name
+    assert 0 < online["latency_ms"]["p50"] <= online["latency_ms"]["p95"]
