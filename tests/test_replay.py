@@ -82,6 +82,68 @@ def test_replay_equals_offline_evaluation(artifact, model):
     assert 0.0 < replayed.metrics["recall@20"] < 1.0  # a random model: neither all nor nothing
 
 
+def test_replay_of_a_trained_model_equals_evaluate_full_with_the_torch_model(tmp_path):
+    """Train a small GRU4Rec, export it, serve it: the served replay and the offline
+    evaluation of the torch model agree on the same sessions (exclusion off)."""
+    import torch
+
+    from batch_training.config import TrainConfig
+    from batch_training.data import ItemVocab, SessionData
+    from batch_training.evaluate import GRU4RecScorer, evaluate_full
+    from batch_training.export import export_artifact
+    from batch_training.train import train
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(11)
+    n = 40
+    vocab = ItemVocab(tuple(f"m{i}" for i in range(n)))
+
+    def walks(count: int) -> list[list[int]]:  # i -> i+1 or i+2: learnable, not trivial
+        out = []
+        for _ in range(count):
+            seq = [int(rng.integers(n))]
+            for _ in range(int(rng.integers(2, 8))):
+                seq.append((seq[-1] + int(rng.integers(1, 3))) % n)
+            out.append(seq)
+        return out
+
+    def session_data(seqs: list[list[int]]) -> SessionData:
+        items = np.concatenate(seqs).astype(np.int64)
+        return SessionData(
+            items=items,
+            offsets=np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64),
+            timestamps=np.arange(len(items), dtype=np.int64),
+            session_ids=np.array([f"s{i}" for i in range(len(seqs))], dtype=object),
+        )
+
+    train_data = session_data(walks(300))
+    config = TrainConfig(layers=(16,), n_epochs=2, batch_size=16, n_sample=16, loss="bpr-max")
+    support = np.bincount(train_data.items, minlength=n)
+    result = train(
+        train_data, config, n_items=n, item_support=support, device="cpu", progress=False
+    )
+    path = export_artifact(
+        result, vocab, tmp_path / "v0001", version="v0001", item_support=support,
+        training_data={}, metrics={},
+    )  # fmt: skip
+
+    test_seqs = walks(120)
+    test = SimpleNamespace(
+        sessions=session_data(test_seqs),
+        eval_from=np.ones(len(test_seqs), dtype=np.int64),
+        negatives=None,
+    )
+    offline = evaluate_full(GRU4RecScorer(result.model), test, ks=KS, progress=False)
+    served = ServingModel.from_artifact(read_artifact(path))
+    replayed = replay_model(
+        served, [[vocab.ids[i] for i in s] for s in test_seqs], k=20, exclude_seen=False,
+        progress=False,
+    )  # fmt: skip
+    assert offline["recall@5"] > 0.3  # it learnt the walk
+    for name, value in offline.items():
+        assert replayed.metrics[name] == pytest.approx(value, abs=1e-12), name
+
+
 def test_seen_items_are_excluded_like_the_direct_computation(model):
     sessions = random_sessions(200, seed=2, vocab=12)  # small vocabulary: many repeats
     for exclude_seen in (True, False):
