@@ -6,13 +6,15 @@
 One run:
 1. reads the clicks of the window [until - window, until) from the archive topic
    (`until` defaults to now; `latest` means the newest click in the topic);
-2. splits them by time: sessions starting in the last `holdout` of the window are the held-out
-   slice, everything before is training data (the vocabulary is the training items);
+2. splits them by time (`batch_training.data.split_from_events`, its session-log
+   preprocessing included): sessions starting within `holdout` of the newest click are the
+   held-out slice, the sessions before are training data (the vocabulary is their items);
 3. trains GRU4Rec (the preset, or the defaults; CUDA when present);
 4. evaluates the candidate and the promoted model on the same held-out slice with the same
    `evaluate_full` code. The promoted model is read from its artifact and mapped onto the
    candidate's vocabulary: a click on an item it does not know leaves its state unchanged
-   (as when serving), and such a target is a miss for it;
+   (as when serving), and such a target is a miss for it. Held-out clicks on items the
+   candidate never saw in training are dropped by the split, for both models alike;
 5. promotes the candidate when its primary metric (recall@20 of the full-ranking protocol) is
    not worse than the promoted model's by more than `tolerance`, an ABSOLUTE difference:
    candidate >= promoted - tolerance. With no promoted model yet, the candidate is promoted;
@@ -21,8 +23,10 @@ One run:
 
 Without `--every` it runs once and exits (cron, a Kubernetes CronJob): 0 after a run that
 promoted or kept the model, 1 when the run failed (no data, broker, artifact), 2 on usage
-errors. With `--every` it runs at that period until stopped, and a failed run is reported
-and retried at the next period. Each run prints one summary line.
+errors. With `--every` it runs at that period until SIGTERM/SIGINT, which end the loop
+after the run in progress (a killed run leaves no partial version: artifacts are written
+atomically); a failed run is reported and retried at the next period. Each run prints one
+summary line.
 """
 
 from __future__ import annotations
@@ -214,7 +218,8 @@ def decide(
     primary: str = PRIMARY_METRIC,
     tolerance: float = 0.01,
 ) -> str:
-    """ "promoted" when candidate[primary] >= baseline[primary] - tolerance (absolute)."""
+    """The promotion rule: promoted when candidate >= baseline - tolerance on `primary`
+    (an absolute difference), or when there is no baseline; "rejected" otherwise."""
     if primary not in candidate:
         raise RetrainError(f"candidate metrics lack the primary metric {primary!r}")
     if baseline is None:
@@ -300,7 +305,7 @@ def run_once(options: RetrainOptions) -> RunReport:
         "topic": options.topic,
         "first_timestamp": start_ms,
         "last_timestamp": end_ms,
-        "holdout_from": end_ms - options.holdout_ms,
+        "holdout_from": max(e.timestamp for e in events) - options.holdout_ms,
         "n_events": len(events),
         "n_train_sessions": split.train.n_sessions,
         "n_holdout_sessions": split.test.sessions.n_sessions,
