@@ -46,6 +46,9 @@ class TrainConfig:
     # Momentum on the Adagrad-scaled step (the authors' optimiser); unused by Adam.
     momentum: float = 0.0
     optimizer: str = "adagrad"
+    # Adagrad updates only the item rows a step touches (the authors' indexed updates);
+    # False computes dense gradients and updates every row, kept to measure the difference.
+    sparse_updates: bool = True
     # Coupled L2 as torch's Adam applies it; only with optimizer="adam" (the authors use none).
     weight_decay: float = 0.0
     # Parallel session lanes per mini-batch; the in-batch targets are the shared negatives.
@@ -69,8 +72,10 @@ class TrainConfig:
     # > 0: sessions are cut into pieces so no target sees more than this many earlier items
     # (the fixed history window of sequence models such as ReChorus); 0 = whole sessions.
     max_history: int = 0
-    # bfloat16 autocast for the matrix products, on CUDA only; CPU always runs float32.
-    mixed_precision: bool = True
+    # bfloat16 autocast for the matrix products, on CUDA only (CPU always runs float32). Off by
+    # default: GRU4Rec's per-step products are small, so casts can cost more than they save;
+    # measure with benchmarks/bench_training.py --variants sparse amp.
+    mixed_precision: bool = False
     # Free-form provenance, not used by training (which preset, why these values).
     notes: str = field(default="", compare=False)
 

@@ -132,7 +132,7 @@ class GRU4Rec(nn.Module):
             dropout_p_embed=config.dropout_p_embed,
             dropout_p_hidden=config.dropout_p_hidden,
             # torch's Adam takes dense gradients only; it then updates every row, as ReChorus.
-            sparse_grad=config.optimizer == "adagrad",
+            sparse_grad=config.optimizer == "adagrad" and config.sparse_updates,
         )
 
     def reset_parameters(self) -> None:

@@ -210,7 +210,7 @@ def train(
     epoch_events = int(np.sum(ends - starts - 1))
     use_amp = config.mixed_precision and dev.type == "cuda" and torch.cuda.is_bf16_supported()
 
-    rng_devices = [dev] if dev.type == "cuda" else []
+    rng_devices = [torch.cuda.current_device()] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
         model = GRU4Rec.from_config(n_items, config).to(dev)

@@ -126,11 +126,13 @@ def test_training_gradients_touch_only_the_rows_of_the_step(mode):
         assert set(model.item_embedding.grad.coalesce().indices()[0].tolist()) == {2, 5}
 
 
-def test_dense_gradients_for_adam():
-    model = GRU4Rec(N_ITEMS, (8,), sparse_grad=False).train()
-    out, _ = model.step(torch.tensor([1]), model.init_hidden(1))
-    model.score_items(out, torch.tensor([3])).sum().backward()
-    assert not model.output_weight.grad.is_sparse
+def test_dense_gradients_for_adam_and_for_the_dense_baseline():
+    assert GRU4Rec.from_config(N_ITEMS, TrainConfig()).sparse_grad
+    for config in (TrainConfig(optimizer="adam"), TrainConfig(sparse_updates=False)):
+        model = GRU4Rec.from_config(N_ITEMS, config).train()
+        out, _ = model.step(torch.tensor([1]), model.init_hidden(1))
+        model.score_items(out, torch.tensor([3])).sum().backward()
+        assert not model.output_weight.grad.is_sparse
 
 
 def test_config_checks_keys_types_and_values():

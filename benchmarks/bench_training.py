@@ -1,0 +1,197 @@
+"""Training throughput (events/s) and peak memory of GRU4Rec, per dataset and variant.
+
+Each run is `batch_training.train.train` on a dataset split (`batch_training.data.load_split`),
+in a fresh child process so that its peak memory is its own. Figures are medians over
+`--runs` runs; the ratio column compares each variant with the first one of the same dataset.
+
+Variants:
+  sparse  the authors' indexed Adagrad: only the item rows a step touches are updated
+  dense   dense gradients, every item row updated every step (the baseline of `sparse`)
+  amp     on CUDA: bfloat16 autocast on (mixed_precision=true; the default is float32)
+
+    python benchmarks/bench_training.py --datasets diginetica:5000 movielens-1m:100 \\
+        --preset diginetica-bprmax --runs 3 --threads 1
+
+A dataset may carry its own slice size as NAME:MAX_SESSIONS (else --max-sessions).
+    python benchmarks/bench_training.py --device cuda --variants sparse amp dense
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+VARIANTS = {
+    "sparse": {},
+    "dense": {"sparse_updates": False},
+    "amp": {"mixed_precision": True},
+}
+
+
+def run_once(args: argparse.Namespace) -> dict:
+    """One training run in this process; returns its figures."""
+    import torch
+
+    from batch_training.config import apply_overrides, load_preset
+    from batch_training.data import load_split
+    from batch_training.train import resolve_device, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = {"max_sessions": args.max_sessions} if args.max_sessions else {}  # 0 = all
+    split = load_split(args.dataset, **options)
+    config = load_preset(args.preset, n_epochs=args.epochs, **VARIANTS[args.variant])
+    config = apply_overrides(config, args.set)
+    device = resolve_device(args.device)
+    rss_before = _current_rss_mb()
+    t0 = time.perf_counter()
+    result = train(
+        split.train,
+        config,
+        n_items=split.vocab.n_items,
+        item_support=split.item_support,
+        device=str(device),
+        progress=False,
+    )
+    return {
+        "dataset": args.dataset,
+        "variant": args.variant,
+        "device": result.device,
+        "clicks": int(split.train.n_clicks),
+        "sessions": int(split.train.n_sessions),
+        "items": int(split.vocab.n_items),
+        "events": result.history[-1]["events"],
+        "events_per_s": [h["events_per_s"] for h in result.history],
+        "epoch_seconds": [h["seconds"] for h in result.history],
+        "loss": [h["loss"] for h in result.history],
+        "peak_memory_mb": max(h["peak_memory_mb"] for h in result.history),
+        "rss_before_train_mb": rss_before,
+        "total_seconds": time.perf_counter() - t0,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    import resource
+
+    return pages * resource.getpagesize() / 2**20
+
+
+def run_child(args: argparse.Namespace, dataset_arg: str, variant: str) -> dict:
+    dataset, _, size = dataset_arg.partition(":")
+    max_sessions = int(size) if size else args.max_sessions
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--dataset",
+        dataset,
+        "--variant",
+        variant,
+        "--preset",
+        args.preset,
+        "--epochs",
+        str(args.epochs),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
+    if max_sessions:
+        cmd += ["--max-sessions", str(max_sessions)]
+    for pair in args.set:
+        cmd += ["--set", pair]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{dataset}/{variant} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["diginetica:5000", "movielens-1m:100"])
+    parser.add_argument("--variants", nargs="+", default=["sparse", "dense"], choices=VARIANTS)
+    parser.add_argument("--preset", default="diginetica-bprmax")
+    parser.add_argument("--max-sessions", type=int, default=5000, help="0 = whole dataset")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--set", action="append", default=[], help="config override key=value")
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="sparse", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(run_once(args)))
+        return 0
+
+    runs: list[dict] = []
+    rows = []
+    for dataset in args.datasets:
+        baseline = None
+        for variant in args.variants:
+            results = [run_child(args, dataset, variant) for _ in range(args.runs)]
+            runs += results
+            # Every epoch of every run is one sample of the throughput.
+            speeds = [v for r in results for v in r["events_per_s"]]
+            speed = statistics.median(speeds)
+            baseline = baseline or speed
+            first = results[0]
+            rows.append(
+                (
+                    f"{dataset.partition(':')[0]}",
+                    f"{first['clicks']:,}",
+                    f"{first['items']:,}",
+                    variant,
+                    f"{speed:,.0f}",
+                    f"{min(speeds):,.0f}-{max(speeds):,.0f}",
+                    f"{statistics.median(s for r in results for s in r['epoch_seconds']):.1f}",
+                    f"{statistics.median(r['peak_memory_mb'] for r in results):,.0f}",
+                    f"{speed / baseline:.2f}",
+                )
+            )
+            print(f"done: {dataset} {variant} ({len(results)} runs)", file=sys.stderr)
+    header = (
+        "dataset",
+        "train clicks",
+        "items",
+        "variant",
+        "events/s",
+        "range",
+        "epoch s",
+        "peak MB",
+        "ratio",
+    )
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    print(
+        f"preset {args.preset}, {args.epochs} epoch(s) x {args.runs} run(s), "
+        f"device {runs[0]['device']}{' (' + runs[0]['gpu'] + ')' if runs[0]['gpu'] else ''}, "
+        f"torch threads {runs[0]['torch_threads']}, overrides {args.set or 'none'}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    for row in (header, *rows):
+        print("  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
+    print("peak MB: CUDA peak allocated on GPU; on CPU the child process's peak RSS.")
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
