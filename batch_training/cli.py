@@ -33,6 +33,7 @@ from batch_training.evaluate import (
     SessionScorer,
     evaluate_full,
     evaluate_sampled,
+    limit_history,
     map_to_vocab,
 )
 from schemas.artifact import MANIFEST, Artifact, ArtifactError, read_artifact
@@ -281,6 +282,13 @@ def _train_parser() -> argparse.ArgumentParser:
         help="test protocols; auto = full, plus sampled where the data gives negatives",
     )
     parser.add_argument("--no-validation", action="store_true", help="train all epochs")
+    parser.add_argument(
+        "--history-window",
+        type=int,
+        default=None,
+        help="evaluate with at most this many clicks before the first target (default: the "
+        "config's max_history, 0 = whole sequences)",
+    )
     parser.add_argument("--eval-batch-size", type=int, default=256)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     return parser
@@ -319,14 +327,17 @@ def _train(argv: list[str]) -> int:
     )
     protocols = _protocols(args.protocol, split.test)
     progress = not args.quiet
+    window = config.max_history if args.history_window is None else args.history_window
+    test_data = limit_history(split.test, window)
 
     validate = None
     if split.valid is not None and not args.no_validation:
+        valid_data = limit_history(split.valid, window)
 
         def validate(model: Any) -> float:
             scorer = GRU4RecScorer(model)
             return evaluate_full(
-                scorer, split.valid, (20,), batch_size=args.eval_batch_size, progress=progress
+                scorer, valid_data, (20,), batch_size=args.eval_batch_size, progress=progress
             )[VALID_METRIC]
 
     t_train = time.perf_counter()
@@ -343,7 +354,7 @@ def _train(argv: list[str]) -> int:
 
     test = run_protocols(
         GRU4RecScorer(result.model),
-        split.test,
+        test_data,
         protocols,
         batch_size=args.eval_batch_size,
         progress=progress,
@@ -382,6 +393,7 @@ def _train(argv: list[str]) -> int:
             "epochs_run": len(result.history),
             "best_epoch": result.best_epoch,
             "train_seconds": round(train_seconds, 1),
+            "history_window": window,
             "history": result.history,
             "test": test,
         },
@@ -416,6 +428,13 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="write the metrics here")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--history-window",
+        type=int,
+        default=None,
+        help="at most this many clicks before the first target (default: the model's "
+        "max_history, 0 = whole sequences)",
+    )
     parser.add_argument("--knn-neighbours", type=int, default=100)
     parser.add_argument("--knn-lambda", type=float, default=20.0)
     parser.add_argument("--knn-alpha", type=float, default=0.5)
@@ -485,6 +504,10 @@ def _evaluate(argv: list[str]) -> int:
     if eval_data is None:
         raise CliError(f"{split.name} has no {args.split} set")
     protocols = _protocols(args.protocol, eval_data)
+    window = args.history_window
+    if window is None and artifact is not None:
+        window = int(artifact.manifest.hyperparameters.get("max_history", 0) or 0)
+    eval_data = limit_history(eval_data, window or 0)
     if artifact is not None:
         scorer, eval_data, info = _model_scorer(artifact, split, eval_data, args.device)
         name = f"GRU4Rec {info['version']}"
@@ -503,6 +526,7 @@ def _evaluate(argv: list[str]) -> int:
             {
                 "command": ["gru4stream", "evaluate", *argv],
                 "data": {"source": _source_description(args), "split": args.split},
+                "history_window": window or 0,
                 **info,
                 "results": results,
             },

@@ -321,3 +321,31 @@ def map_to_vocab(
     )
     new_data = type(data)(sessions=new_sessions, eval_from=new_eval_from, negatives=negatives)
     return new_data, counts
+
+
+def limit_history(data: Any, window: int) -> Any:
+    """EvalData whose sessions keep at most `window` clicks before their first target.
+
+    Matches a model trained on histories of at most `window` items (TrainConfig.max_history)
+    under leave-one-out, where the first target is the only one. Later targets of a session
+    with several still see the clicks before them that the cut left. window 0 = unchanged.
+    """
+    if window <= 0:
+        return data
+    sessions = data.sessions
+    offsets = np.asarray(sessions.offsets, dtype=np.int64)
+    eval_from = np.asarray(data.eval_from, dtype=np.int64)
+    cut = np.maximum(eval_from - window, 0)  # clicks dropped at the start of each session
+    if not cut.any():
+        return data
+    lengths = np.diff(offsets) - cut
+    starts = offsets[:-1] + cut
+    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    rows = np.arange(new_offsets[-1]) + np.repeat(starts - new_offsets[:-1], lengths)
+    new_sessions = type(sessions)(
+        items=np.asarray(sessions.items)[rows],
+        offsets=new_offsets,
+        timestamps=np.asarray(sessions.timestamps)[rows],
+        session_ids=sessions.session_ids,
+    )
+    return type(data)(sessions=new_sessions, eval_from=eval_from - cut, negatives=data.negatives)

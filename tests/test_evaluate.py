@@ -13,6 +13,7 @@ from batch_training.evaluate import (
     SessionScorer,
     evaluate_full,
     evaluate_sampled,
+    limit_history,
     map_to_vocab,
 )
 from batch_training.metrics import ranks_among_candidates
@@ -255,3 +256,16 @@ def test_map_to_vocab_skips_unknown_clicks_and_negatives():
     assert mapped.negatives.tolist() == [[0, -1, 2], [3, 3, 3], [-1, -1, 0]]
     assert counts.unknown_negatives == 3
     assert len(s.timestamps) == 6
+
+
+def test_limit_history_keeps_the_last_clicks_before_the_first_target():
+    data = make_eval([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]], eval_from=[4, 1, 1])
+    cut = limit_history(data, 2)
+    s = cut.sessions
+    seqs = [s.items[s.offsets[k] : s.offsets[k + 1]].tolist() for k in range(3)]
+    assert seqs == [[2, 3, 4], [5, 6], [7, 8, 9]]
+    assert cut.eval_from.tolist() == [2, 1, 1]
+    assert s.timestamps.tolist() == [2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000]
+    assert cut.n_targets == data.n_targets
+    assert limit_history(data, 0) is data
+    assert evaluate_full(IndexScorer(10), cut, ks=(1,), progress=False)["n_examples"] == 4
