@@ -396,7 +396,14 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
             say(f"\n[3/6] Streaming {len(sessions)} held-out users as live sessions: "
                 f"{len(stream)} clicks at {config.rate:g}/s, first half")  # fmt: skip
             sent = asyncio.run(
-                send_clicks(bootstrap, topics.clicks, stream[:half], config.rate, desc="first half")
+                send_clicks(
+                    bootstrap,
+                    topics.clicks,
+                    stream[:half],
+                    config.rate,
+                    desc="first half",
+                    progress=progress,
+                )
             )
 
             say(f"\n[4/6] Retraining v0002: {config.v2_users} users, {config.v2_epochs} "
@@ -418,7 +425,12 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
             say(f"\n[5/6] Streaming the second half ({len(stream) - half} clicks)")
             sent += asyncio.run(
                 send_clicks(
-                    bootstrap, topics.clicks, stream[half:], config.rate, desc="second half"
+                    bootstrap,
+                    topics.clicks,
+                    stream[half:],
+                    config.rate,
+                    desc="second half",
+                    progress=progress,
                 )
             )
             answers = asyncio.run(
