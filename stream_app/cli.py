@@ -23,6 +23,8 @@ from dataclasses import replace
 # set before numpy is first imported, hence the late imports in worker_main.
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
+SWITCH_INTERVAL_S = 0.0005
+
 log = logging.getLogger(__name__)
 
 
@@ -176,5 +178,13 @@ def worker_main(argv: list[str]) -> int:
     if model is not None:
         runtime.holder.swap(model)
     worker = app.Worker(loglevel=config.loglevel)
+    # Faust's terminal spinner sets the root logger to DEBUG so that it can spin on every
+    # record; then every debug call on the hot path builds a LogRecord (about a fifth of the
+    # worker's time at WARNING level). A worker runs headless, so no spinner.
+    worker.spinner = None
+    # The inference thread holds the GIL between numpy/FAISS calls; with the default 5 ms
+    # switch interval, each socket send of the event loop then waits up to 5 ms to get it
+    # back (a GIL convoy). A short interval keeps the loop's I/O flowing.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     worker.execute_from_commandline()
     return 0

@@ -24,13 +24,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from schemas.events import (
+    SCHEMA_VERSION,
     ClickEvent,
     Recommendation,
-    ScoredItem,
     ValidationError,
     ValidationLimits,
     decode_click,
@@ -66,13 +67,37 @@ class Click:
 
 @dataclass
 class BatchResult:
-    answers: list[tuple[Click, Recommendation]] = field(default_factory=list)
+    # Recommendations in their wire form (`Recommendation.to_dict()`), built directly: at
+    # K=20 the dataclasses cost more than the GRU step and the search together.
+    answers: list[tuple[Click, dict[str, Any]]] = field(default_factory=list)
     sessions: dict[str, SessionState] = field(default_factory=dict)  # to write back
     rejected: list[tuple[Click, str]] = field(default_factory=list)
     recomputed: int = 0  # sessions rebuilt from history (model swap or missing state)
     redelivered: int = 0  # clicks seen again after a crash
     not_reanswered: int = 0  # redelivered clicks older than the stored history
     restarted: int = 0  # expired sessions that started over
+
+    def recommendations(self) -> list[tuple[Click, Recommendation]]:
+        return [(click, Recommendation.from_dict(d)) for click, d in self.answers]
+
+
+def recommendation_dict(
+    click: Click, scored: list[dict[str, Any]], version: str, produced_at: int
+) -> dict[str, Any]:
+    """The same dict as `Recommendation(...).to_dict()` (a test holds them equal)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "session_id": click.event.session_id,
+        "click": {
+            "partition": click.partition,
+            "offset": click.offset,
+            "timestamp": click.event.timestamp,
+            "event_id": None,
+        },
+        "items": scored,
+        "model_version": version,
+        "produced_at": produced_at,
+    }
 
 
 def decode_message(raw: bytes | None, key: bytes | None, config: CoreConfig) -> ClickEvent:
@@ -162,30 +187,23 @@ def answer_batch(
         pick = model.recommend_exhaustive if config.exhaustive else model.recommend
         top, top_scores = pick(all_states, config.k, exclude)
         produced = _now_ms() if now_ms is None else now_ms
+        names, version = model.items, model.version
         for row, (click, _) in enumerate(rows):
-            items = tuple(
-                ScoredItem(model.items[i], float(s))
+            scored = [
+                {"item_id": names[i], "score": s}
                 for i, s in zip(top[row].tolist(), top_scores[row].tolist(), strict=True)
                 if i >= 0
-            )
-            rec = Recommendation(
-                session_id=click.event.session_id,
-                items=items,
-                model_version=model.version,
-                produced_at=produced,
-                click_partition=click.partition,
-                click_offset=click.offset,
-                click_timestamp=click.event.timestamp,
-            )
+            ]
+            rec = recommendation_dict(click, scored, version, produced)
             result.answers.append((click, rec))
             if row < len(accepted):
                 session = work[click.event.session_id]
                 session.hidden = states[row]
-                session.model_version = model.version
-                session.last_recommendation = rec.to_dict()
+                session.model_version = version
+                session.last_recommendation = rec
                 result.sessions[click.event.session_id] = session
     for click, last in resends:
-        result.answers.append((click, Recommendation.from_dict(last)))
+        result.answers.append((click, last))
     return result
 
 

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
+import orjson
 from faust.streams import _current_event
 
 from schemas.events import DeadLetter, ValidationError, encode
@@ -198,7 +199,8 @@ class WorkerRuntime:
         )
         now = time.time()
         for click, rec in result.answers:
-            await self.recommendations.send(key=rec.session_id.encode(), value=encode(rec))
+            key = rec["session_id"].encode()
+            await self.recommendations.send(key=key, value=orjson.dumps(rec))
             self.metrics.latency_seconds.observe(max(now - click.message_ms / 1000, 0.0))
         self.metrics.recommendations.inc(len(result.answers))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from schemas.artifact import read_artifact
-from schemas.events import ClickEvent, ValidationError
+from schemas.events import ClickEvent, Recommendation, ValidationError
 from stream_app.config import parse_duration
 from stream_app.core import Click, CoreConfig, answer_batch, decode_message
 from stream_app.inference import ServingModel
@@ -76,13 +76,15 @@ def test_each_click_answered_with_the_model_top_k_for_its_prefix(models):
         click("b", "nope", 4),
     ]
     (result,), _ = run_batches(v1, [batch])
-    assert [(c.offset, r.click_offset) for c, r in result.answers] == [(i, i) for i in range(5)]
-    got = {c.offset: items_of(r) for c, r in result.answers}
+    assert [(c.offset, r.click_offset) for c, r in result.recommendations()] == [
+        (i, i) for i in range(5)
+    ]
+    got = {c.offset: items_of(r) for c, r in result.recommendations()}
     assert got[0] == expected(v1, ["i1"])
     assert got[2] == expected(v1, ["i1", "i2"])
     assert got[3] == expected(v1, ["i1", "i2", "i3"])
     assert got[4] == expected(v1, ["i5", "nope"])  # unknown item: state kept, still answered
-    assert all(len(r.items) == 20 and r.model_version == "v1" for _, r in result.answers)
+    assert all(len(r.items) == 20 and r.model_version == "v1" for _, r in result.recommendations())
     assert "i1" not in got[3] and "i2" not in got[3]
 
 
@@ -91,8 +93,8 @@ def test_splitting_into_batches_changes_nothing(models):
     clicks = [click(f"s{i % 3}", f"i{(7 * i) % 50}", i) for i in range(12)]
     one, _ = run_batches(v1, [clicks])
     many, _ = run_batches(v1, [clicks[:5], clicks[5:6], clicks[6:]])
-    flat = [items_of(r) for res in many for _, r in res.answers]
-    assert flat == [items_of(r) for _, r in one[0].answers]
+    flat = [items_of(r) for res in many for _, r in res.recommendations()]
+    assert flat == [items_of(r) for _, r in one[0].recommendations()]
 
 
 def test_out_of_order_click_is_rejected_and_state_kept(models):
@@ -103,8 +105,8 @@ def test_out_of_order_click_is_rejected_and_state_kept(models):
     assert [c.offset for c, _ in result.rejected] == [1]
     assert "older than the session's last event" in result.rejected[0][1]
     assert result.rejected[0][1].startswith("timestamp:")
-    assert [r.click_offset for _, r in result.answers] == [0, 2]
-    assert items_of(result.answers[1][1]) == expected(v1, ["i1", "i3"])
+    assert [r.click_offset for _, r in result.recommendations()] == [0, 2]
+    assert items_of(result.recommendations()[1][1]) == expected(v1, ["i1", "i3"])
     assert SessionState.decode(table["a"]).items == ["i1", "i3"]
 
 
@@ -116,8 +118,8 @@ def test_redelivered_clicks_do_not_advance_the_state_twice(models):
     stored = {"a": SessionState.decode(table["a"])}
     again = answer_batch(v1, clicks[1:], stored, CoreConfig(), now_ms=NOW)
     assert again.redelivered == 2
-    by_offset = {r.click_offset: items_of(r) for _, r in again.answers}
-    originals = {r.click_offset: items_of(r) for _, r in first[0].answers}
+    by_offset = {r.click_offset: items_of(r) for _, r in again.recommendations()}
+    originals = {r.click_offset: items_of(r) for _, r in first[0].recommendations()}
     assert by_offset[1] == originals[1]  # recomputed from the stored history
     assert by_offset[2] == originals[2]  # the stored last answer
     assert by_offset[3] == expected(v1, ["i1", "i2", "i3", "i4"])  # not i2, i3 twice
@@ -131,7 +133,7 @@ def test_model_swap_recomputes_the_state_from_history(models):
     assert stored["a"].model_version == "v1"
     result = answer_batch(v2, [click("a", "i3", 2)], stored, CoreConfig(), now_ms=NOW)
     assert result.recomputed == 1
-    ((_, rec),) = result.answers
+    ((_, rec),) = result.recommendations()
     assert rec.model_version == "v2"
     assert items_of(rec) == expected(v2, ["i1", "i2", "i3"])
     assert result.sessions["a"].hidden.shape == (2, 16)
@@ -148,13 +150,13 @@ def test_history_is_bounded_and_expired_sessions_start_over(models):
     late = answer_batch(v1, [click("a", "i9", 5)], {"a": session}, config, now_ms=NOW + 61_000)
     assert late.restarted == 1
     assert late.sessions["a"].items == ["i9"] and late.sessions["a"].count == 1
-    assert items_of(late.answers[0][1]) == expected(v1, ["i9"])
+    assert items_of(late.recommendations()[0][1]) == expected(v1, ["i9"])
 
 
 def test_popularity_answers_a_session_of_unknown_items(models):
     v1, _ = models
     (result,), _ = run_batches(v1, [[click("a", "unknown-1", 0)]])
-    rec = result.answers[0][1]
+    rec = result.recommendations()[0][1]
     popular = v1.item_ids(np.argsort(-v1.item_support, kind="stable")[:20])
     assert items_of(rec) == popular
 
@@ -164,7 +166,9 @@ def test_exhaustive_baseline_gives_the_same_answers(models):
     clicks = [click(f"s{i % 4}", f"i{(11 * i) % 90}", i) for i in range(16)]
     fast, _ = run_batches(v1, [clicks])
     naive, _ = run_batches(v1, [clicks], CoreConfig(exhaustive=True))
-    assert [items_of(r) for _, r in fast[0].answers] == [items_of(r) for _, r in naive[0].answers]
+    assert [items_of(r) for _, r in fast[0].recommendations()] == [
+        items_of(r) for _, r in naive[0].recommendations()
+    ]
 
 
 def test_decode_message_requires_the_session_id_as_key():
@@ -207,3 +211,10 @@ def test_durations(text, seconds):
 def test_bad_duration_is_refused():
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("soon")
+
+
+def test_wire_form_is_the_recommendation_record(models):
+    v1, _ = models
+    (result,), _ = run_batches(v1, [[click("a", "i1", 0), click("a", "nope", 1)]])
+    for _, wire in result.answers:
+        assert Recommendation.from_dict(wire).to_dict() == wire

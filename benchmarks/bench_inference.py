@@ -1,0 +1,280 @@
+"""Throughput of the inference core alone (GRU step + top-K search), by micro-batch size.
+
+    python benchmarks/bench_inference.py                 # all catalogues, 5 runs each
+    python benchmarks/bench_inference.py --only ml-1m --repeats 3
+    python benchmarks/bench_inference.py --skip-1m       # without the 1M-item HNSW case
+
+Catalogues (synthetic weights at the real sizes, so no training is needed):
+  ml-1m        3,706 items, embedding 64 -> GRU 128 (the ReChorus preset), exact search
+  diginetica   43,097 items, shared embedding, GRU 100 and GRU 512 (the preset), exact
+  synth-1m     1,000,000 items, shared embedding, GRU 100, HNSW (recall@20 vs exact shown)
+
+For each batch size B the script times `ServingModel.step` + `ServingModel.recommend`
+(top-20, the session's last 10 items excluded) over a pool of live sessions, and the full
+pure core `answer_batch` (the same plus session records and Recommendation objects). The
+baselines, run in the same process on the same data:
+  torch/event  GRU4Rec (batch_training.model) one event at a time: step, score all items,
+               mask the seen items, topk; the "naive per-event forward"
+  numpy-full   the same numpy GRU step, then scores over all items and a full argsort
+Every figure is the median of --repeats runs; one thread everywhere (one core per worker).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from batch_training.model import GRU4Rec  # noqa: E402
+from schemas.artifact import Artifact, Manifest  # noqa: E402
+from schemas.events import ClickEvent  # noqa: E402
+from stream_app.core import Click, CoreConfig, answer_batch  # noqa: E402
+from stream_app.inference import ServingModel  # noqa: E402
+from stream_app.sessions import SessionState  # noqa: E402
+from stream_app.synthetic import random_weights  # noqa: E402
+
+K = 20
+HISTORY = 10  # items excluded per query (the session so far)
+BATCH_SIZES = (1, 4, 16, 64, 256, 1024)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    name: str
+    n_items: int
+    input_kind: str
+    layers: tuple[int, ...]
+    embedding_dim: int = 0
+
+
+CATALOGUES = (
+    Catalogue("ml-1m", 3_706, "embedding", (128,), 64),
+    Catalogue("diginetica-h100", 43_097, "shared", (100,)),
+    Catalogue("diginetica-h512", 43_097, "shared", (512,)),
+    Catalogue("synth-1m", 1_000_000, "shared", (100,)),
+)
+
+
+def in_memory_artifact(cat: Catalogue, seed: int = 0) -> Artifact:
+    manifest = Manifest(
+        version=cat.name,
+        input_kind=cat.input_kind,
+        n_items=cat.n_items,
+        layers=cat.layers,
+        embedding_dim=cat.embedding_dim,
+    )
+    items = tuple(f"i{i}" for i in range(cat.n_items))
+    return Artifact(Path(cat.name), manifest, random_weights(manifest, seed), items)
+
+
+def median_rate(fn, events_per_call: int, repeats: int, min_seconds: float) -> float:
+    """Median events/s over `repeats` runs, each at least `min_seconds` long."""
+    fn()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        calls, started = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= min_seconds:
+                break
+        rates.append(calls * events_per_call / elapsed)
+    return statistics.median(rates)
+
+
+class Workload:
+    """A pool of live sessions; each call advances B of them by one click and answers."""
+
+    def __init__(self, model: ServingModel, pool: int = 4096, seed: int = 1) -> None:
+        rng = np.random.default_rng(seed)
+        self.model = model
+        self.rng = rng
+        self.states = model.run(
+            [rng.integers(0, model.n_items, HISTORY).tolist() for _ in range(pool)]
+        )
+        self.history = rng.integers(0, model.n_items, (pool, HISTORY))
+        self.pool = pool
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.rng.choice(self.pool, size, replace=False)
+        return rows, self.rng.integers(0, self.model.n_items, size)
+
+    def core(self, size: int, exhaustive: bool = False):
+        model, batches = self.model, [self.batch(size) for _ in range(16)]
+        counter = iter(range(1 << 62))
+
+        def run() -> None:
+            rows, items = batches[next(counter) % len(batches)]
+            state = model.step(self.states[rows], items)
+            pick = model.recommend_exhaustive if exhaustive else model.recommend
+            pick(state, K, self.history[rows])
+
+        return run
+
+    def answer_batch(self, size: int):
+        """The whole pure core, with session records as the agent hands them over."""
+        model, rng = self.model, self.rng
+        now = int(time.time() * 1000)
+        sessions = {}
+        for s in range(self.pool):
+            sessions[f"s{s}"] = SessionState(
+                partition=0,
+                items=[f"i{i}" for i in self.history[s]],
+                offsets=list(range(HISTORY)),
+                last_event_ms=now - 1,
+                touched_ms=now,
+                count=HISTORY,
+                model_version=model.version,
+                hidden=self.states[s],
+            )
+        batches = []
+        for _ in range(8):
+            rows = rng.choice(self.pool, size, replace=False)
+            clicks = [
+                Click(
+                    ClickEvent(f"s{r}", f"i{rng.integers(0, model.n_items)}", now),
+                    "clicks",
+                    0,
+                    HISTORY + 1,
+                    b"",
+                    None,
+                    now,
+                )
+                for r in rows
+            ]
+            batches.append(clicks)
+        counter = iter(range(1 << 62))
+        config = CoreConfig(k=K)
+
+        def run() -> None:
+            clicks = batches[next(counter) % len(batches)]
+            # Fresh copies: the core updates the records it is given, the table would not.
+            stored = {c.event.session_id: _copy(sessions[c.event.session_id]) for c in clicks}
+            answer_batch(model, clicks, stored, config, now_ms=now)
+
+        return run
+
+
+def _copy(s: SessionState) -> SessionState:
+    return SessionState(
+        s.partition,
+        list(s.items),
+        list(s.offsets),
+        s.last_event_ms,
+        s.touched_ms,
+        s.count,
+        s.model_version,
+        s.hidden,
+        None,
+    )
+
+
+def torch_per_event(artifact: Artifact, workload: Workload):
+    """The naive baseline: the training model, one event at a time, full scores + topk."""
+    torch_model = GRU4Rec.from_artifact(artifact)
+    layers = artifact.manifest.layers
+    rng = np.random.default_rng(3)
+    events = [
+        (int(r), int(i), torch.from_numpy(workload.history[r]))
+        for r, i in zip(
+            rng.integers(0, workload.pool, 64),
+            rng.integers(0, artifact.manifest.n_items, 64),
+            strict=True,
+        )
+    ]
+    hidden_of = {
+        r: [torch.from_numpy(workload.states[r, layer, :h][None]) for layer, h in enumerate(layers)]
+        for r, _, _ in events
+    }
+    counter = iter(range(1 << 62))
+
+    @torch.no_grad()
+    def run() -> None:
+        row, item, seen = events[next(counter) % len(events)]
+        out, _ = torch_model.step(torch.tensor([item]), hidden_of[row])
+        scores = torch_model.score_all(out)[0]
+        scores[seen] = -torch.inf
+        torch.topk(scores, K)
+
+    return run
+
+
+def hnsw_recall(model: ServingModel, workload: Workload, queries: int = 200) -> float:
+    """Recall@K of the HNSW answers against exact top-K (numpy scores), same states."""
+    rows, items = workload.batch(queries)
+    state = model.step(workload.states[rows], items)
+    got, _ = model.recommend(state, K)
+    scores = model.scores(state)
+    exact = np.argpartition(-scores, K, axis=1)[:, :K]
+    hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, exact, strict=True)]
+    return float(np.mean(hits)) / K
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--min-seconds", type=float, default=0.4, help="per timed run")
+    parser.add_argument("--only", nargs="*", help="catalogue names to run")
+    parser.add_argument("--skip-1m", action="store_true")
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=list(BATCH_SIZES))
+    parser.add_argument("--build-threads", type=int, default=2, help="HNSW build only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    print(f"# inference core, K={K}, {HISTORY} seen items excluded, median of {args.repeats}")
+    for cat in CATALOGUES:
+        if args.only and cat.name not in args.only:
+            continue
+        if args.skip_1m and cat.n_items >= 1_000_000:
+            continue
+        artifact = in_memory_artifact(cat)
+        started = time.perf_counter()
+        model = ServingModel.from_artifact(artifact, build_threads=args.build_threads)
+        load_s = time.perf_counter() - started
+        workload = Workload(model)
+        search = "exact (IndexFlatIP)" if model.exact else "HNSW (IndexHNSWFlat, IP)"
+        print(
+            f"\n## {cat.name}: {cat.n_items:,} items, {cat.input_kind}, GRU {cat.layers}, "
+            f"{search}, load+index {load_s:.1f} s"
+        )
+        if not model.exact:
+            print(f"HNSW recall@{K} vs exact, 200 queries: {hnsw_recall(model, workload):.3f}")
+        naive = median_rate(torch_per_event(artifact, workload), 1, args.repeats, args.min_seconds)
+        print(f"baseline torch/event: {naive:,.0f} events/s")
+        print(
+            "| batch | core events/s | answer_batch events/s | numpy-full events/s "
+            "| core / torch-event | core / numpy-full |"
+        )
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        for size in args.batch_sizes:
+            core = median_rate(workload.core(size), size, args.repeats, args.min_seconds)
+            full_core = median_rate(
+                workload.answer_batch(size), size, args.repeats, args.min_seconds
+            )
+            full = median_rate(
+                workload.core(size, exhaustive=True), size, args.repeats, args.min_seconds
+            )
+            print(
+                f"| {size} | {core:,.0f} | {full_core:,.0f} | {full:,.0f} | "
+                f"{core / naive:.1f}x | {core / full:.1f}x |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
