@@ -7,11 +7,16 @@ session takes the lane and the lane's hidden state is zeroed at exactly that ste
 states are carried across steps but detached (no backpropagation through time). When no
 unused session is left, finished lanes are dropped and the batch shrinks, so every click of
 every session is a target once per epoch.
+
+As in the authors' code: sessions are not shuffled; the loss is summed over the lanes and
+divided by the configured batch size; Adagrad with momentum updates only the item rows a
+step touches; dropout is inverted, and a layer's dropped-out output is also its carried
+state. Additions of this project: `in_batch_negatives=False`, `max_history`, Adam, and
+bfloat16 autocast on CUDA (opt-in).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import resource
@@ -184,6 +189,82 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+@dataclass
+class _EpochContext:
+    """What one training step needs besides the model and its optimiser."""
+
+    config: TrainConfig
+    device: torch.device
+    loss_fn: Callable[[Tensor, Tensor | None], Tensor]
+    sampler: NegativeSampler | None
+    log_support: Tensor | None  # (n_items,) for the logQ correction, None when it is off
+    use_amp: bool
+
+
+def _train_step(
+    model: GRU4Rec,
+    optimizer: torch.optim.Optimizer,
+    ctx: _EpochContext,
+    step: SessionStep,
+    hidden: list[Tensor],
+) -> tuple[Tensor, list[Tensor]]:
+    """One session-parallel step: score targets + negatives, update. Returns the lane losses."""
+    dev = ctx.device
+    inputs = torch.from_numpy(step.inputs).to(dev, non_blocking=True)
+    targets = torch.from_numpy(step.targets).to(dev, non_blocking=True)
+    sampled = ctx.sampler.sample() if ctx.sampler is not None else None
+    columns = targets if sampled is None else torch.cat([targets, sampled])  # (B + n_sample,)
+    log_q = None
+    if ctx.log_support is not None:
+        # In-batch targets occur ~ support, sampled items ~ support ** alpha.
+        log_q = ctx.log_support[columns]
+        log_q[len(targets) :] *= ctx.config.sample_alpha
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=ctx.use_amp):
+        output, hidden = model.step(inputs, hidden)
+        scores = model.score_items(output, columns)  # (B, B + n_sample), diagonal = positives
+    per_lane = ctx.loss_fn(scores.float(), log_q)
+    # The authors divide by the configured batch size, also when the batch has shrunk.
+    loss = per_lane.sum() / ctx.config.batch_size
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return per_lane.detach(), hidden
+
+
+def _train_epoch(
+    model: GRU4Rec,
+    optimizer: torch.optim.Optimizer,
+    ctx: _EpochContext,
+    steps: Iterator[SessionStep],
+    hidden: list[Tensor],
+    bar: tqdm,
+    epoch: int,
+) -> tuple[float, int]:
+    """Run the steps of one epoch; returns (mean loss per event, events)."""
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=ctx.device)
+    n_events = 0
+    for i, step in enumerate(steps):
+        # Carry the state across steps, but no backpropagation through time.
+        hidden = advance_lanes([h.detach() for h in hidden], step)
+        per_lane, hidden = _train_step(model, optimizer, ctx, step, hidden)
+        loss_sum += per_lane.sum()
+        n_events += len(per_lane)
+        bar.update(len(per_lane))
+        if i % 100 == 0:  # .item() waits for the device: not every step
+            mean = loss_sum.item() / n_events
+            if not math.isfinite(mean):
+                raise FloatingPointError(
+                    f"loss is {mean} in epoch {epoch} at step {i}; try a lower learning_rate"
+                )
+            speed = n_events / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{mean:.4f}", ev_s=f"{speed:,.0f}")
+    mean = loss_sum.item() / max(n_events, 1)
+    if not math.isfinite(mean):
+        raise FloatingPointError(f"loss is {mean} after epoch {epoch}; try a lower learning_rate")
+    return mean, n_events
+
+
 def train(
     train_data: Sessions,
     config: TrainConfig,
@@ -198,7 +279,7 @@ def train(
 
     item_support: training click counts per item, for the sampler and logQ; counted from
     `train_data` when not given. The returned model is the best validated epoch's (the last
-    epoch's without `validate`), in eval mode.
+    epoch's without `validate`), in eval mode. On the CPU a seed gives the same run twice.
     """
     _check_inputs(train_data, n_items, item_support)
     dev = resolve_device(device)
@@ -208,8 +289,8 @@ def train(
     support = np.asarray(item_support, dtype=np.float64)
     starts, ends = session_bounds(train_data.offsets, config.max_history)
     epoch_events = int(np.sum(ends - starts - 1))
-    use_amp = config.mixed_precision and dev.type == "cuda" and torch.cuda.is_bf16_supported()
 
+    # Seed init, dropout and sampling without disturbing the caller's random state.
     rng_devices = [torch.cuda.current_device()] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
@@ -225,12 +306,23 @@ def train(
                 device=dev,
                 seed=config.seed,
             )
-        # Support counts, at least 1: every target was clicked at least once in training.
-        log_support = torch.as_tensor(np.log(np.maximum(support, 1.0)), dtype=torch.float32)
-        log_support = log_support.to(dev)
-        loss_fn = loss_function(config)
-        use_log_q = config.loss == "cross-entropy" and config.logq > 0
+        log_support = None
+        if config.loss == "cross-entropy" and config.logq > 0:
+            # Clicks, at least 1: every target was clicked at least once in training.
+            log_support = torch.as_tensor(np.log(np.maximum(support, 1.0)), dtype=torch.float32)
+            log_support = log_support.to(dev)
+        use_amp = config.mixed_precision and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        ctx = _EpochContext(
+            config=config,
+            device=dev,
+            loss_fn=loss_function(config),
+            sampler=sampler,
+            log_support=log_support,
+            use_amp=use_amp,
+        )
 
+        # Without sampled negatives a lone lane has nothing to rank against.
+        min_lanes = 1 if sampler else 2
         history: list[dict[str, Any]] = []
         best_metric, best_epoch, best_state = -math.inf, 0, None
         for epoch in range(1, config.n_epochs + 1):
@@ -238,58 +330,21 @@ def train(
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=dev)
-            n_events = 0
+            steps = session_parallel_batches(
+                items, starts, ends, config.batch_size, min_lanes=min_lanes
+            )
             hidden = model.init_hidden(min(config.batch_size, len(starts)))
-            bar = tqdm(
+            desc = f"epoch {epoch}/{config.n_epochs}"
+            with tqdm(
                 total=epoch_events,
-                desc=f"epoch {epoch}/{config.n_epochs}",
+                desc=desc,
                 unit="ev",
                 unit_scale=True,
                 disable=not progress,
                 mininterval=0.5,
-            )
-            batches = session_parallel_batches(
-                items, starts, ends, config.batch_size, min_lanes=1 if sampler else 2
-            )
-            for i, step in enumerate(batches):
-                hidden = advance_lanes([h.detach() for h in hidden], step)
-                inputs = torch.from_numpy(step.inputs).to(dev, non_blocking=True)
-                targets = torch.from_numpy(step.targets).to(dev, non_blocking=True)
-                columns = targets if sampler is None else torch.cat([targets, sampler.sample()])
-                log_q = None
-                if use_log_q:
-                    # In-batch targets occur ~ support, sampled items ~ support ** alpha.
-                    log_q = log_support[columns]
-                    if sampler is not None:
-                        log_q[len(targets) :] *= config.sample_alpha
-                amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else None
-                with amp or contextlib.nullcontext():
-                    output, hidden = model.step(inputs, hidden)
-                    scores = model.score_items(output, columns)  # (B, B + n_sample)
-                per_lane = loss_fn(scores.float(), log_q)
-                loss = per_lane.sum() / config.batch_size
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += per_lane.detach().sum()
-                n_events += len(targets)
-                bar.update(len(targets))
-                if i % 100 == 0:
-                    mean = loss_sum.item() / n_events
-                    if not math.isfinite(mean):
-                        bar.close()
-                        raise FloatingPointError(
-                            f"loss is {mean} in epoch {epoch} at step {i}; "
-                            "try a lower learning_rate"
-                        )
-                    seconds = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{mean:.4f}", ev_s=f"{n_events / seconds:,.0f}")
-            bar.close()
+            ) as bar:
+                mean_loss, n_events = _train_epoch(model, optimizer, ctx, steps, hidden, bar, epoch)
             seconds = time.perf_counter() - t0
-            mean_loss = loss_sum.item() / max(n_events, 1)
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"loss is {mean_loss} after epoch {epoch}")
             entry: dict[str, Any] = {
                 "epoch": epoch,
                 "loss": mean_loss,
@@ -299,20 +354,19 @@ def train(
                 "peak_memory_mb": _peak_memory_mb(dev),
                 "valid": None,
             }
-            if validate is not None:
+            if validate is None:
+                best_epoch = epoch
+            else:
                 model.eval()
                 t_valid = time.perf_counter()
                 with torch.no_grad():
-                    metric = float(validate(model))
-                entry["valid"] = metric
+                    entry["valid"] = metric = float(validate(model))
                 entry["valid_seconds"] = time.perf_counter() - t_valid
                 if metric > best_metric:
                     best_metric, best_epoch = metric, epoch
                     best_state = {
                         k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
                     }
-            else:
-                best_epoch = epoch
             history.append(entry)
             log.info(
                 "epoch %d: loss %.5f, %.0f events/s, %.1fs, valid %s",
