@@ -51,6 +51,11 @@ class SessionScorer(Protocol):
         ...
 
 
+# Optional, used when present: `advance(state, items) -> state` feeds without scoring, and
+# `score_rows(state, rows) -> (R, n_items)` scores some lanes of an advanced state; together
+# they spare the full (B, n_items) product on steps where few lanes have a target.
+
+
 def _device_of(scorer: SessionScorer) -> torch.device:
     return torch.device(getattr(scorer, "device", "cpu"))
 
@@ -82,6 +87,12 @@ class GRU4RecScorer:
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         output, state = self.model.step(items.to(self.device), state)
         return state, self.model.score_all(output)
+
+    @torch.no_grad()
+    def score_rows(self, state: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """Scores (R, n_items) of the given lanes only; in eval mode the output is the last
+        layer's state."""
+        return self.model.score_all(state[-1][rows])
 
     def reset(self, state: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
         keep = (~mask.to(self.device)).unsqueeze(1).to(state[0].dtype)  # (B, 1)
@@ -144,6 +155,10 @@ class ArtifactScorer:
         state = self.advance(state, items)
         return state, state[-1] @ self.output_weight.t() + self.output_bias
 
+    @torch.no_grad()
+    def score_rows(self, state: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        return state[-1][rows] @ self.output_weight.t() + self.output_bias
+
     def reset(self, state: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
         keep = (~mask.to(self.device)).unsqueeze(1).to(state[0].dtype)
         return [h * keep for h in state]
@@ -161,6 +176,7 @@ def _run_lanes(
     """Yield (session indices (M,), target items (M,), scores (M, n_items)) for every target
     position p >= first_target[s] of every session s, p counted from 0 within the session."""
     device = _device_of(scorer)
+    score_rows = getattr(scorer, "score_rows", None)
     lengths = np.diff(offsets)
     todo = np.flatnonzero((first_target >= 1) & (first_target < lengths))
     todo = todo[np.argsort(-lengths[todo], kind="stable")]  # longest first: lanes drain evenly
@@ -182,10 +198,16 @@ def _run_lanes(
         feed = items_t[np.where(lane_active, click, 0)]
         evaluated = lane_active & (lane_pos + 1 >= first_target[lane_session])
         if evaluated.any():
-            state, scores = scorer.step(state, feed.to(device))
             rows = np.flatnonzero(evaluated)
+            rows_t = torch.as_tensor(rows, device=device)
+            if score_rows is not None:  # score only the lanes that have a target here
+                state = _advance(scorer, state, feed.to(device))
+                scores = score_rows(state, rows_t)
+            else:
+                state, scores = scorer.step(state, feed.to(device))
+                scores = scores[rows_t]
             targets = items_t[click[rows] + 1].to(device)
-            yield lane_session[rows], targets, scores[torch.as_tensor(rows, device=device)]
+            yield lane_session[rows], targets, scores
         else:
             state = _advance(scorer, state, feed.to(device))
         bar.update(int(lane_active.sum()))

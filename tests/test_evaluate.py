@@ -10,6 +10,7 @@ import torch
 
 from batch_training.evaluate import (
     ArtifactScorer,
+    GRU4RecScorer,
     SessionScorer,
     evaluate_full,
     evaluate_sampled,
@@ -269,3 +270,59 @@ def test_limit_history_keeps_the_last_clicks_before_the_first_target():
     assert cut.n_targets == data.n_targets
     assert limit_history(data, 0) is data
     assert evaluate_full(IndexScorer(10), cut, ks=(1,), progress=False)["n_examples"] == 4
+
+
+class StepOnly:
+    """Hides a scorer's optional fast paths, so the loop uses step() alone."""
+
+    def __init__(self, scorer):
+        self.inner, self.n_items = scorer, scorer.n_items
+
+    def init_state(self, batch_size):
+        return self.inner.init_state(batch_size)
+
+    def step(self, state, items):
+        return self.inner.step(state, items)
+
+    def reset(self, state, mask):
+        return self.inner.reset(state, mask)
+
+
+@pytest.mark.parametrize("kind", ["shared", "embedding", "onehot"])
+def test_gru4rec_scorer_matches_its_exported_artifact(tmp_path, kind):
+    from batch_training.model import GRU4Rec
+
+    torch.manual_seed(0)
+    model = GRU4Rec(
+        25,
+        (8, 6),
+        embedding=5 if kind == "embedding" else 0,
+        constrained_embedding=kind == "shared",
+    )
+    weights = model.export_weights()
+    weights["item_support"] = np.ones(25, np.float32)
+    manifest = Manifest(
+        version="m",
+        input_kind=model.input_kind,
+        n_items=25,
+        layers=model.layers,
+        embedding_dim=model.embedding_dim,
+    )
+    art = read_artifact(
+        write_artifact(tmp_path / kind, manifest, weights, [str(i) for i in range(25)])
+    )
+    rng = np.random.default_rng(1)
+    seqs = [list(rng.integers(0, 25, size=n)) for n in rng.integers(2, 9, size=30)]
+    data = make_eval(seqs, eval_from=rng.integers(1, 3, size=30))
+    runs = [
+        evaluate_full(scorer, data, batch_size=4, progress=False)
+        for scorer in (
+            GRU4RecScorer(model),
+            StepOnly(GRU4RecScorer(model)),
+            ArtifactScorer(art),
+            StepOnly(ArtifactScorer(art)),
+        )
+    ]
+    assert runs[0]["n_examples"] == data.n_targets
+    for other in runs[1:]:
+        assert other == pytest.approx(runs[0])
