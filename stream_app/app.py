@@ -27,16 +27,22 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
         broker_session_timeout=config.broker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, config.broker_session_timeout_s / 4),
         broker_commit_interval=config.commit_interval_s,
+        # A micro-batch sends two messages per click (answer + changelog); aiokafka keeps one
+        # request in flight per partition, so small batches throttle the whole worker.
+        producer_max_batch_size=config.producer_batch_kb * 1024,
+        producer_linger=config.producer_linger_s,
         web_port=config.web_port,
         web_bind=config.web_bind,
         web_host=config.web_host,
         autodiscover=False,
     )
     runtime = WorkerRuntime(config, app)
+    # Table writes queue their changelog messages in Faust's producer buffer, and the
+    # consumer stalls while it holds more than 100 (polling every 0.1 s); one micro-batch
+    # alone queues up to batch_max, so let a few batches' worth wait instead.
+    app.producer.buffer.max_messages = 8 * max(config.batch_max, 64)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     clicks = app.topic(config.clicks_topic, **raw)
-    runtime.recommendations = app.topic(config.recommendations_topic, **raw)
-    runtime.dead_letters = app.topic(config.dlq_topic, **raw)
     runtime.sessions = app.Table(
         "sessions",
         partitions=config.partitions,

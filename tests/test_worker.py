@@ -81,7 +81,7 @@ def offline_answers(model: ServingModel, clicks, positions, k: int = 20) -> dict
         for (sid, item, ts), (p, o) in zip(clicks, positions, strict=True)
     ]
     result = answer_batch(model, batch, {}, CoreConfig(k=k), now_ms=int(time.time() * 1000))
-    return {(c.partition, c.offset): items(r) for c, r in result.answers}
+    return {(c.partition, c.offset): items(r) for c, r in result.recommendations()}
 
 
 @pytest.fixture(scope="module")
