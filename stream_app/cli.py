@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -186,5 +187,10 @@ def worker_main(argv: list[str]) -> int:
     # switch interval, each socket send of the event loop then waits up to 5 ms to get it
     # back (a GIL convoy). A short interval keeps the loop's I/O flowing.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # Everything loaded so far (Faust, torch-free numpy/FAISS, the model) lives as long as the
+    # process: keep it out of the collector's scans, and collect young objects less often
+    # (each answer allocates a few dozen short-lived containers).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     worker.execute_from_commandline()
     return 0

@@ -247,3 +247,35 @@ def test_crash_recovery_resumes_sessions_from_the_changelog(tmp_path, kafka_boot
     for pos, lists in answers.items():
         for answer in lists:  # a redelivered click gets the same answer again
             assert answer == want[pos], pos
+
+
+def test_idle_sessions_expire_from_the_table_and_its_changelog(tmp_path, kafka_bootstrap):
+    artifact = write_random_artifact(tmp_path / "v1", version="v1", n_items=50)
+    names = Names.fresh()
+    ttl_args = ("--session-ttl", "2s", "--cleanup-interval", "500ms")
+    worker = start_worker(tmp_path, kafka_bootstrap, names, "--model", str(artifact), *ttl_args)
+    try:
+        worker.wait_ready()
+        now = int(time.time() * 1000)
+        clicks = [("idle-a", "i1", now), ("idle-b", "i2", now), ("idle-a", "i3", now + 1)]
+        produce(kafka_bootstrap, names.clicks, [click_message(*c) for c in clicks])
+        recommendations(kafka_bootstrap, names.recs, len(clicks))
+        assert worker.get("/sessions/idle-a")[1]["history_length"] == 2
+        deadline = time.monotonic() + 30
+        while worker.metric("gru4stream_sessions_expired_total") < 2:
+            assert time.monotonic() < deadline, worker.tail()
+            time.sleep(0.3)
+        assert worker.get("/sessions/idle-a")[0] == 404
+        assert worker.metric("gru4stream_sessions") == 0
+        # A click after the expiry starts the session over.
+        produce(kafka_bootstrap, names.clicks, [click_message("idle-a", "i4", now + 10_000)])
+        recommendations(kafka_bootstrap, names.recs, len(clicks) + 1)
+        assert worker.get("/sessions/idle-a")[1]["history"] == ["i4"]
+    finally:
+        worker.stop()
+    changelog = consume_all(kafka_bootstrap, f"{names.app_id}-sessions-changelog")
+    latest = {}
+    for record in changelog:  # per key, in offset order within its partition
+        latest.setdefault(record.key, []).append(record.value)
+    assert latest[b"idle-b"][-1] is None  # a tombstone: compaction will drop the session
+    assert latest[b"idle-a"][-2] is None and latest[b"idle-a"][-1] is not None

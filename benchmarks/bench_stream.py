@@ -1,0 +1,286 @@
+"""End to end through the real broker: one worker's sustained throughput and its latency.
+
+    gru4stream broker start                     # or any broker; --bootstrap / $GRU4STREAM_BOOTSTRAP
+    python benchmarks/bench_stream.py           # 3 runs of everything (about 6 minutes)
+    python benchmarks/bench_stream.py --runs 1 --events 20000
+
+What it measures, for the micro-batching worker and for the naive baseline worker
+(`--naive`: one click at a time, numpy scores over all items + a full sort, no executor):
+  throughput  a backlog of clicks is written first, then a fresh worker drains it; the rate is
+              (answers - 1) / (last answer - first answer), i.e. without start-up time
+  latency     clicks are produced at a steady 50% and 90% of the measured throughput; each
+              click carries its send time as its timestamp, and the latency is the time the
+              answer is read back from `recommendations` minus that (click -> producer ->
+              broker -> worker -> broker -> consumer); the first 10% of each run is warm-up
+Every figure is the median over --runs runs (fresh topics, consumer group and data dir each).
+Model: synthetic weights at the ML-1M catalogue size (3,706 items, embedding 64, GRU 128), or
+with --catalogue diginetica at Diginetica's (43,097 items, shared embedding, GRU 100).
+The broker, the producer and the consumer share the machine with the worker, so the worker's
+own CPU time is reported too: answers per CPU-second of the worker process is what one
+dedicated core would sustain if nothing else were waiting for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import uuid4
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from schemas.topics import CLICKS, RECOMMENDATIONS, spec_named  # noqa: E402
+from stream_app.harness import WorkerProcess, produce_clicks  # noqa: E402
+from stream_app.synthetic import write_random_artifact  # noqa: E402
+from stream_app.topics import ensure_topics  # noqa: E402
+
+ACTIVE_SESSIONS = 2_000
+# name -> (items, input kind, GRU layers, embedding dim)
+CATALOGUES = {
+    "ml-1m": (3_706, "embedding", (128,), 64),
+    "diginetica": (43_097, "shared", (100,), 0),
+}
+N_ITEMS = CATALOGUES["ml-1m"][0]
+
+
+@dataclass(frozen=True)
+class Run:
+    tag: str
+    clicks: str
+    recs: str
+
+    @classmethod
+    def fresh(cls, mode: str) -> Run:
+        tag = f"bench-{mode}-{uuid4().hex[:8]}"
+        return cls(tag, f"{tag}-clicks", f"{tag}-recs")
+
+
+class ClickSource:
+    """Clicks of ACTIVE_SESSIONS interleaved sessions, random items, in time order."""
+
+    def __init__(self, seed: int, n_items: int = N_ITEMS) -> None:
+        self.n_items = n_items
+        self.rng = np.random.default_rng(seed)
+        self.prefix = uuid4().hex[:6]
+
+    def message(self, timestamp: int) -> tuple[bytes, bytes]:
+        sid = f"{self.prefix}-{self.rng.integers(ACTIVE_SESSIONS)}"
+        item = f"i{self.rng.integers(self.n_items)}"
+        value = orjson.dumps({"session_id": sid, "item_id": item, "timestamp": timestamp})
+        return sid.encode(), value
+
+
+async def create_topics(bootstrap: str, run: Run) -> None:
+    await ensure_topics(
+        bootstrap,
+        [spec_named(run.clicks, CLICKS), spec_named(run.recs, RECOMMENDATIONS)],
+    )
+
+
+def start_worker(bootstrap: str, run: Run, model: Path, tmp: Path, naive: bool) -> WorkerProcess:
+    args = [
+        "--bootstrap", bootstrap,
+        "--app-id", run.tag,
+        "--clicks-topic", run.clicks,
+        "--recommendations-topic", run.recs,
+        "--dlq-topic", f"{run.tag}-dlq",
+        "--model-updates-topic", f"{run.tag}-updates",
+        "--model", str(model),
+        "--data-dir", str(tmp / run.tag),
+        "--standby-replicas", "0",
+        "--loglevel", "warning",
+    ]  # fmt: skip
+    if naive:
+        args.append("--naive")
+    return WorkerProcess(args, tmp / f"{run.tag}.log").start()
+
+
+async def read_answers(bootstrap: str, topic: str, count: int, timeout: float, out: list) -> None:
+    """Append (receive time s, click timestamp ms) per answer until `count` or timeout."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=5
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(RECOMMENDATIONS.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        while len(out) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(*tps, timeout_ms=100, max_records=10_000)
+            now = time.time()
+            for records in batch.values():
+                for r in records:
+                    out.append((now, orjson.loads(r.value)["click"]["timestamp"]))
+    finally:
+        await consumer.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(
+    bootstrap: str, model: Path, tmp: Path, naive: bool, events: int, n_items: int
+) -> tuple[float, float]:
+    """Drain rate (answers/s) and answers per CPU-second of the worker process."""
+    run = Run.fresh("naive" if naive else "batched")
+    await create_topics(bootstrap, run)
+    source = ClickSource(seed=1, n_items=n_items)
+    start = int(time.time() * 1000) - 3_600_000
+    await produce_clicks(bootstrap, run.clicks, [source.message(start + i) for i in range(events)])
+    answers: list = []
+    reader = asyncio.create_task(read_answers(bootstrap, run.recs, events, 900, answers))
+    worker = start_worker(bootstrap, run, model, tmp, naive)
+    cpu_at_first = None
+    try:
+        while not reader.done():
+            if cpu_at_first is None and answers:
+                cpu_at_first = cpu_seconds(worker.proc.pid)
+            await asyncio.sleep(0.05)
+        await reader
+        cpu_used = cpu_seconds(worker.proc.pid) - (cpu_at_first or 0.0)
+    finally:
+        worker.stop()
+    if len(answers) < events:
+        raise RuntimeError(f"{run.tag}: only {len(answers)}/{events} answers: {worker.tail()}")
+    first, last = answers[0][0], answers[-1][0]
+    return (len(answers) - 1) / (last - first), (len(answers) - 1) / max(cpu_used, 1e-9)
+
+
+async def latency(
+    bootstrap: str,
+    model: Path,
+    tmp: Path,
+    naive: bool,
+    rate: float,
+    seconds: float,
+    n_items: int,
+) -> tuple[float, float, float, float]:
+    """p50, p95, p99 (ms) and the achieved answer rate at a steady click rate."""
+    run = Run.fresh("naive" if naive else "batched")
+    await create_topics(bootstrap, run)
+    worker = start_worker(bootstrap, run, model, tmp, naive)
+    try:
+        await asyncio.to_thread(worker.wait_ready, 90)
+        events = int(rate * seconds)
+        answers: list = []
+        reader = asyncio.create_task(
+            read_answers(bootstrap, run.recs, events, seconds + 60, answers)
+        )
+        source = ClickSource(seed=2, n_items=n_items)
+        await produce_paced(bootstrap, run.clicks, source, rate, events)
+        await reader
+    finally:
+        worker.stop()
+    answers.sort(key=lambda a: a[1])
+    steady = answers[len(answers) // 10 :]
+    lat = np.array([(recv * 1000 - ts) for recv, ts in steady])
+    span = (steady[-1][1] - steady[0][1]) / 1000 if len(steady) > 1 else float("nan")
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    return float(p50), float(p95), float(p99), len(steady) / span
+
+
+async def produce_paced(bootstrap: str, topic: str, source: ClickSource, rate: float, n: int):
+    """Clicks stamped with their send time, at `rate` per second (in small bursts of 5 ms)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1
+    )
+    await producer.start()
+    try:
+        started = time.monotonic()
+        sent = 0
+        while sent < n:
+            due = min(n, int((time.monotonic() - started) * rate) + 1)
+            while sent < due:
+                key, value = source.message(int(time.time() * 1000))
+                await producer.send(topic, value, key=key)
+                sent += 1
+            await asyncio.sleep(0.005)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("GRU4STREAM_BOOTSTRAP", "127.0.0.1:9092")
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--events", type=int, default=30_000, help="backlog per throughput run")
+    parser.add_argument("--naive-events", type=int, default=3_000)
+    parser.add_argument("--seconds", type=float, default=20.0, help="per latency run")
+    parser.add_argument("--catalogue", choices=sorted(CATALOGUES), default="ml-1m")
+    args = parser.parse_args(argv)
+
+    n_items, kind, layers, embedding = CATALOGUES[args.catalogue]
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmpdir:
+        tmp = Path(tmpdir)
+        model = write_random_artifact(
+            tmp / "model",
+            version="bench",
+            n_items=n_items,
+            layers=layers,
+            input_kind=kind,
+            embedding_dim=embedding,
+        )
+        print(
+            f"# end to end, one worker, {args.catalogue}: {n_items:,} items, {kind}, GRU "
+            f"{layers}; median of {args.runs} runs; load average at start "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        )
+        results = {}
+        for naive in (False, True):
+            name = "naive" if naive else "batched"
+            n = args.naive_events if naive else args.events
+            runs = [
+                asyncio.run(throughput(args.bootstrap, model, tmp, naive, n, n_items))
+                for _ in range(args.runs)
+            ]
+            best = statistics.median(r for r, _ in runs)
+            per_cpu = statistics.median(c for _, c in runs)
+            results[name] = (best, per_cpu)
+            shown = ", ".join(f"{r:,.0f}" for r, _ in runs)
+            print(
+                f"\n## {name}: sustained {best:,.0f} events/s (runs: {shown}); "
+                f"{per_cpu:,.0f} events per worker CPU-second"
+            )
+            print("| load | clicks/s | p50 ms | p95 ms | p99 ms | answers/s |")
+            print("| --- | ---: | ---: | ---: | ---: | ---: |")
+            for share in (0.5, 0.9):
+                rate = best * share
+                lat = [
+                    asyncio.run(
+                        latency(args.bootstrap, model, tmp, naive, rate, args.seconds, n_items)
+                    )
+                    for _ in range(args.runs)
+                ]
+                p50, p95, p99, achieved = (statistics.median(x) for x in zip(*lat, strict=True))
+                print(
+                    f"| {share:.0%} | {rate:,.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | "
+                    f"{achieved:,.0f} |",
+                    flush=True,
+                )
+        ratio = results["batched"][0] / results["naive"][0]
+        ratio_cpu = results["batched"][1] / results["naive"][1]
+        print(f"\nbatched / naive: {ratio:.1f}x events/s, {ratio_cpu:.1f}x events per CPU-second")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
