@@ -218,3 +218,32 @@ def test_wire_form_is_the_recommendation_record(models):
     (result,), _ = run_batches(v1, [[click("a", "i1", 0), click("a", "nope", 1)]])
     for _, wire in result.answers:
         assert Recommendation.from_dict(wire).to_dict() == wire
+
+
+def test_load_model_checks_the_announcement(tmp_path):
+    from schemas.artifact import ArtifactError, manifest_checksum
+    from schemas.events import ModelUpdate
+    from stream_app.model_updates import artifact_path, load_model
+
+    path = write_random_artifact(tmp_path / "v7", version="v7", n_items=30)
+
+    def update(**kw):
+        fields = dict(
+            version="v7",
+            artifact_uri=str(path),
+            checksum=manifest_checksum(path),
+            metrics={},
+            created_at=0,
+        )
+        return ModelUpdate(**{**fields, **kw})
+
+    assert load_model(path, update()).version == "v7"
+    assert artifact_path(f"file://{path}") == path
+    with pytest.raises(ArtifactError, match="announced checksum"):
+        load_model(path, update(checksum="a" * 64))
+    with pytest.raises(ArtifactError, match="announced as 'v8'"):
+        load_model(path, update(version="v8"))
+    with pytest.raises(ArtifactError, match="only local directories"):
+        artifact_path("s3://bucket/v7")
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        load_model(tmp_path / "missing", update())
