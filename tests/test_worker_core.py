@@ -247,3 +247,22 @@ def test_load_model_checks_the_announcement(tmp_path):
         artifact_path("s3://bucket/v7")
     with pytest.raises(ArtifactError, match="no manifest.json"):
         load_model(tmp_path / "missing", update())
+
+
+def test_sessions_table_is_rocksdb_through_rocksdict_with_small_buffers(tmp_path):
+    from faust.stores.rocksdb import Store
+
+    from stream_app.app import create_app
+    from stream_app.config import WorkerConfig
+
+    config = WorkerConfig(app_id="store-check", data_dir=str(tmp_path / "data"))
+    _, runtime = create_app(config)
+    store = runtime.sessions.data
+    assert isinstance(store, Store) and store.use_rocksdict
+    options = store.rocksdb_options
+    assert options.block_cache_size == 16 * 1024 * 1024
+    assert options.write_buffer_size == 4 * 1024 * 1024
+    assert options.max_write_buffer_number == 2
+    # Opening a partition writes a real RocksDB directory.
+    store._db_for_partition(0).put(b"k", b"v")
+    assert any(p.name == "CURRENT" for p in (tmp_path / "data").rglob("CURRENT"))
