@@ -27,7 +27,7 @@ from stream_app.core import BatchResult, Click, answer_batch, decode_message
 from stream_app.inference import ServingModel
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_updates import ModelHolder, ModelUpdateFollower, SwapRecord
-from stream_app.sessions import SessionDecodeError, SessionState
+from stream_app.sessions import SessionDecodeError, SessionState, peek
 
 log = logging.getLogger(__name__)
 
@@ -224,30 +224,29 @@ class WorkerRuntime:
     async def expire_sessions(self) -> None:
         """Delete sessions idle for longer than the TTL; also refreshes the table-size gauge.
 
-        The decision is re-checked right before each delete with no await in between, so a
-        session the agent touched meanwhile is never deleted.
+        The scan reads only each value's fixed prefix. The decision is re-checked right
+        before each delete with no await in between, so a session that the agent touched
+        meanwhile is never deleted.
         """
         ttl = self.config.core.session_ttl_ms
         now = int(time.time() * 1000)
         live = expired = 0
         candidates: list[tuple[bytes, int]] = []
-        for i, (key, raw) in enumerate(list(self.sessions.items())):
-            session = _safe_decode(raw)
-            if session is None or now - session.touched_ms > ttl:
-                candidates.append((key, -1 if session is None else session.partition))
-            else:
+        for i, (key, raw) in enumerate(self.sessions.items()):
+            seen = peek(raw)
+            if seen is not None and now - seen[0] <= ttl:
                 live += 1
+            elif seen is not None:
+                candidates.append((key, seen[1]))
             if i % 1000 == 999:
                 await asyncio.sleep(0)
         for key, partition in candidates:
-            current = _safe_decode(self.sessions.get(key))
-            if current is not None and now - current.touched_ms <= ttl:
+            seen = peek(self.sessions.get(key) or b"")
+            if seen is None:
+                continue  # gone meanwhile
+            if now - seen[0] <= ttl:
                 live += 1
                 continue
-            if partition < 0 and current is not None:
-                partition = current.partition
-            if partition < 0:
-                continue  # undecodable and no partition known: leave it to compaction
             with _in_partition(self.config.clicks_topic, partition):
                 del self.sessions[key]
             expired += 1
@@ -255,15 +254,6 @@ class WorkerRuntime:
         self.metrics.sessions.set(live)
         if expired:
             log.info("expired %d idle sessions, %d live", expired, live)
-
-
-def _safe_decode(raw: bytes | None) -> SessionState | None:
-    if raw is None:
-        return None
-    try:
-        return SessionState.decode(raw)
-    except SessionDecodeError:
-        return None
 
 
 def _dead_letter(msg: Any, reason: str) -> DeadLetter:

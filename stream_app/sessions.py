@@ -1,9 +1,11 @@
 """What the `sessions` table keeps per session, and its byte encoding.
 
-A value is: 4 bytes (little-endian JSON length), the JSON header, then the GRU hidden state
-as raw float32 (n_layers * H_max values). The header holds the recent item history as
-external ids, so the state can be recomputed under a model with another vocabulary, plus the
-offsets those clicks had, for answering a redelivered click after a crash.
+A value is: a fixed prefix (JSON length, wall time of the last update, partition; little-
+endian), the JSON header, then the GRU hidden state as raw float32 (n_layers * H_max values).
+The prefix lets the expiry scan read a session's age without decoding it. The header holds
+the recent item history as external ids, so the state can be recomputed under a model with
+another vocabulary, plus the offsets those clicks had, for answering a redelivered click
+after a crash.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-_LEN = struct.Struct("<I")
+_PREFIX = struct.Struct("<Iqi")  # header length, touched_ms, partition
 
 
 class SessionDecodeError(ValueError):
@@ -41,11 +43,9 @@ class SessionState:
     def encode(self) -> bytes:
         hidden = self.hidden
         header = {
-            "p": self.partition,
             "i": self.items,
             "o": self.offsets,
             "t": self.last_event_ms,
-            "w": self.touched_ms,
             "n": self.count,
             "v": self.model_version,
             "s": None if hidden is None else list(hidden.shape),
@@ -53,24 +53,25 @@ class SessionState:
         }
         meta = orjson.dumps(header)
         body = b"" if hidden is None else np.ascontiguousarray(hidden, np.float32).tobytes()
-        return _LEN.pack(len(meta)) + meta + body
+        return _PREFIX.pack(len(meta), self.touched_ms, self.partition) + meta + body
 
     @classmethod
     def decode(cls, raw: bytes) -> SessionState:
         try:
-            (size,) = _LEN.unpack_from(raw, 0)
-            header = orjson.loads(raw[_LEN.size : _LEN.size + size])
+            size, touched_ms, partition = _PREFIX.unpack_from(raw, 0)
+            start = _PREFIX.size
+            header = orjson.loads(raw[start : start + size])
             shape = header["s"]
             hidden = None
             if shape is not None:
-                body = raw[_LEN.size + size :]
+                body = raw[start + size :]
                 hidden = np.frombuffer(body, dtype=np.float32).reshape(shape).copy()
             return cls(
-                partition=int(header["p"]),
+                partition=partition,
                 items=list(header["i"]),
                 offsets=list(header["o"]),
                 last_event_ms=int(header["t"]),
-                touched_ms=int(header["w"]),
+                touched_ms=touched_ms,
                 count=int(header["n"]),
                 model_version=header["v"],
                 hidden=hidden,
@@ -80,9 +81,10 @@ class SessionState:
             raise SessionDecodeError(f"not a session record: {exc}") from None
 
 
-def touched_ms_of(raw: bytes) -> int | None:
-    """The wall time of a stored session without decoding its state (for expiry scans)."""
+def peek(raw: bytes) -> tuple[int, int] | None:
+    """(touched_ms, partition) of a stored session without decoding it; None if garbage."""
     try:
-        return SessionState.decode(raw).touched_ms
-    except SessionDecodeError:
+        _, touched_ms, partition = _PREFIX.unpack_from(raw, 0)
+    except struct.error:
         return None
+    return touched_ms, partition

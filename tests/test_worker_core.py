@@ -10,7 +10,7 @@ from schemas.events import ClickEvent, Recommendation, ValidationError
 from stream_app.config import parse_duration
 from stream_app.core import Click, CoreConfig, answer_batch, decode_message
 from stream_app.inference import ServingModel
-from stream_app.sessions import SessionDecodeError, SessionState
+from stream_app.sessions import SessionDecodeError, SessionState, peek
 from stream_app.synthetic import write_random_artifact
 
 NOW = 1_800_000_000_000
@@ -197,6 +197,8 @@ def test_session_record_round_trip_and_garbage():
     assert back.items == ["a", "b"] and back.offsets == [7, 9] and back.last_offset == 9
     np.testing.assert_array_equal(back.hidden, state.hidden)
     assert (back.partition, back.model_version, back.last_recommendation) == (3, "v9", {"x": 1})
+    assert peek(state.encode()) == (6, 3)  # touched_ms, partition, without decoding
+    assert peek(b"short") is None
     with pytest.raises(SessionDecodeError):
         SessionState.decode(b"\x05\x00\x00\x00garbage")
 
