@@ -132,3 +132,66 @@ def test_sampled_protocol_without_negatives_is_refused(tmp_path, capsys):
     argv = ["--baseline", "pop", *SLICE, "--split-option", "n_negatives=0"]
     assert evaluate_main([*argv, "--protocol", "sampled", "--quiet"]) == 2
     assert "needs given negatives" in capsys.readouterr().err
+
+
+SAMPLE_SPLIT = ["--split-option", "test_days=30", "--split-option", "min_item_support=2"]
+SAMPLE_SPLIT += ["--split-option", "n_negatives=0"]
+QUICK = ["--preset", "quick", "--epochs", "1", "--quiet", "--threads", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def sample_csv(tmp_path_factory):
+    """The Diginetica raw-log sample as a generic CSV event file."""
+    from schemas.datasets import iter_events
+
+    path = tmp_path_factory.mktemp("events") / "clicks.csv"
+    lines = ["session_id,item_id,timestamp"]
+    lines += [f"{e.session_id},{e.item_id},{e.timestamp}" for e in iter_events("diginetica-sample")]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_train_from_an_event_file(sample_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(["--file", str(sample_csv), *SAMPLE_SPLIT, *QUICK, "--out", str(out)]) == 0
+    manifest = read_artifact(out / "model").manifest
+    assert manifest.training_data["source"]["file"] == str(sample_csv)
+    assert manifest.training_data["n_events"] == 12_391  # every click of the file was read
+    assert manifest.metrics["test_full"]["n_examples"] == 368
+    assert "test_sampled" not in manifest.metrics  # no negatives asked for
+    assert "recall@20" in capsys.readouterr().out
+
+
+def test_a_malformed_event_file_names_the_line(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("session_id,item_id,timestamp\ns1,i1,1700000000000\ns1,i2,yesterday\n")
+    assert train_main(["--file", str(bad), *QUICK, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv, line 3" in err and "yesterday" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_train_from_a_time_range_of_the_archive_topic(kafka_bootstrap, sample_csv, tmp_path):
+    from gru4stream.produce import main as produce_main
+    from tests.kafka_util import unique_topic
+
+    topic = unique_topic("clicks")
+    argv = ["--file", str(sample_csv), "--topic", topic, "--bootstrap", kafka_bootstrap]
+    assert produce_main([*argv, "--time-mode", "keep", "--no-progress"]) == 0
+
+    source = ["--topic", topic, "--bootstrap", kafka_bootstrap, *SAMPLE_SPLIT]
+    out = tmp_path / "all"
+    assert train_main([*source, *QUICK, "--out", str(out)]) == 0
+    data = read_artifact(out / "model").manifest.training_data
+    assert data["n_events"] == 12_391
+    assert data["source"]["topic"] == topic
+
+    # a window: only clicks before 2016-05-15 are read
+    end = "2016-05-15T00:00:00Z"
+    out = tmp_path / "window"
+    assert train_main([*source, "--to", end, *QUICK, "--out", str(out)]) == 0
+    data = read_artifact(out / "model").manifest.training_data
+    assert 0 < data["n_events"] < 12_391
+    assert data["last_timestamp"] < 1_463_270_400_000  # 2016-05-15T00:00Z in ms
