@@ -16,6 +16,15 @@ TRAIN = make_sessions([[0, 1], [1, 0, 1], [2, 3], [3, 2], [2, 3, 4], [4, 4, 4, 4
 N_ITEMS = 6
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: a second thread only adds contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_most_popular_scores_by_training_clicks():
     pop = MostPopular.fit(TRAIN, N_ITEMS)
     assert isinstance(pop, SessionScorer)

@@ -14,9 +14,16 @@ from schemas.artifact import MANIFEST, WEIGHTS, read_artifact
 SLICE = ["--dataset", "movielens-100k", "--max-sessions", "300"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def restore_torch_threads():
+    """The commands below run with --threads 1, which sets it for the whole process."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("train") / "run"
     argv = [*SLICE, "--preset", "quick", "--epochs", "2", "--device", "cpu"]
     argv += ["--out", str(out), "--version", "ml100k-test", "--quiet", "--threads", "1"]

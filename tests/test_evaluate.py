@@ -22,6 +22,15 @@ from schemas.artifact import Manifest, expected_shapes, read_artifact, write_art
 from tests.eval_util import make_eval
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: a second thread only adds contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TableScorer:
     """Scores depend only on the item just fed: row `item` of a fixed table."""
 
