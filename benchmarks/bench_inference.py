@@ -4,7 +4,9 @@
     python benchmarks/bench_inference.py --only ml-1m --repeats 3
     python benchmarks/bench_inference.py --skip-1m       # without the 1M-item HNSW case
 
-Catalogues (synthetic weights at the real sizes, so no training is needed):
+Catalogues (synthetic weights at the real sizes, so no training is needed; item vectors near
+a rank-16 subspace like trained embeddings, or i.i.d. uniform with --embeddings uniform, the
+worst case for HNSW):
   ml-1m        3,706 items, embedding 64 -> GRU 128 (the ReChorus preset), exact search
   diginetica   43,097 items, shared embedding, GRU 100 and GRU 512 (the preset), exact
   synth-1m     1,000,000 items, shared embedding, GRU 100, HNSW (recall@20 vs exact shown)
@@ -30,7 +32,7 @@ import argparse  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -68,7 +70,7 @@ CATALOGUES = (
 )
 
 
-def in_memory_artifact(cat: Catalogue, seed: int = 0) -> Artifact:
+def in_memory_artifact(cat: Catalogue, seed: int = 0, rank: int | None = 16) -> Artifact:
     manifest = Manifest(
         version=cat.name,
         input_kind=cat.input_kind,
@@ -77,7 +79,7 @@ def in_memory_artifact(cat: Catalogue, seed: int = 0) -> Artifact:
         embedding_dim=cat.embedding_dim,
     )
     items = tuple(f"i{i}" for i in range(cat.n_items))
-    return Artifact(Path(cat.name), manifest, random_weights(manifest, seed), items)
+    return Artifact(Path(cat.name), manifest, random_weights(manifest, seed, rank), items)
 
 
 def median_rate(fn, events_per_call: int, repeats: int, min_seconds: float) -> float:
@@ -232,6 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-1m", action="store_true")
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=list(BATCH_SIZES))
     parser.add_argument("--build-threads", type=int, default=2, help="HNSW build only")
+    parser.add_argument("--hnsw-m", type=int, default=16)
+    parser.add_argument(
+        "--embeddings",
+        choices=("lowrank", "uniform"),
+        default="lowrank",
+        help="item vectors near a rank-16 subspace (like trained ones) or i.i.d. uniform",
+    )
+    parser.add_argument("--ef-construction", type=int, default=80)
+    parser.add_argument("--ef-search", type=int, nargs="*", default=[64, 128, 256])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -241,9 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.skip_1m and cat.n_items >= 1_000_000:
             continue
-        artifact = in_memory_artifact(cat)
+        artifact = in_memory_artifact(cat, rank=16 if args.embeddings == "lowrank" else None)
         started = time.perf_counter()
-        model = ServingModel.from_artifact(artifact, build_threads=args.build_threads)
+        model = ServingModel.from_artifact(
+            artifact,
+            build_threads=args.build_threads,
+            hnsw_m=args.hnsw_m,
+            hnsw_ef_construction=args.ef_construction,
+        )
         load_s = time.perf_counter() - started
         workload = Workload(model)
         search = "exact (IndexFlatIP)" if model.exact else "HNSW (IndexHNSWFlat, IP)"
@@ -252,7 +268,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{search}, load+index {load_s:.1f} s"
         )
         if not model.exact:
-            print(f"HNSW recall@{K} vs exact, 200 queries: {hnsw_recall(model, workload):.3f}")
+            print(f"HNSW M={args.hnsw_m}, efConstruction={args.ef_construction}")
+            print("| efSearch | recall@20 vs exact | core events/s, batch 256 |")
+            print("| ---: | ---: | ---: |")
+            for ef in args.ef_search:
+                model.options = replace(model.options, hnsw_ef_search=ef)
+                recall = hnsw_recall(model, workload)
+                rate = median_rate(workload.core(256), 256, args.repeats, args.min_seconds)
+                print(f"| {ef} | {recall:.3f} | {rate:,.0f} |", flush=True)
+            model.options = replace(model.options, hnsw_ef_search=args.ef_search[0])
+            print(f"(tables below: efSearch={args.ef_search[0]})")
         naive = median_rate(torch_per_event(artifact, workload), 1, args.repeats, args.min_seconds)
         print(f"baseline torch/event: {naive:,.0f} events/s")
         print(
