@@ -5,7 +5,10 @@
     python benchmarks/bench_stream.py --runs 1 --events 20000
 
 What it measures, for the micro-batching worker and for the naive baseline worker
-(`--naive`: one click at a time, numpy scores over all items + a full sort, no executor):
+(`--naive`: one click at a time, numpy scores over all items + a full sort, no executor),
+and for a "Faust floor": a bare Faust agent that reads the same clicks in the same
+micro-batches and sends one small answer per click, with no table, decoding or model, i.e.
+what this machine allows any Faust worker before the first line of our own code:
   throughput  a backlog of clicks is written first, then a fresh worker drains it; the rate is
               (answers - 1) / (last answer - first answer), i.e. without start-up time
   latency     clicks are produced at a steady 50% and 90% of the measured throughput; each
@@ -26,6 +29,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,6 +130,53 @@ async def read_answers(bootstrap: str, topic: str, count: int, timeout: float, o
         await consumer.stop()
 
 
+def floor_worker(
+    bootstrap: str, app_id: str, clicks: str, recs: str, datadir: str, web_port: int
+) -> None:
+    """The Faust floor (run in a child process): consume, send one answer per click."""
+    import faust
+
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        web_port=web_port,
+        datadir=datadir,
+        autodiscover=False,
+        producer_acks=-1,
+        producer_max_batch_size=512 * 1024,
+        producer_linger=0.01,
+        consumer_auto_offset_reset="earliest",
+    )
+    source = app.topic(clicks, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source)
+    async def answer(stream):
+        async for events in stream.take_events(256, within=0.01):
+            for event in events:
+                message = event.message
+                ts = int(message.timestamp * 1000)
+                value = b'{"click":{"timestamp":%d}}' % ts
+                await app.producer.send(recs, message.key, value, None, None, None)
+
+    worker = app.Worker(loglevel="warning")
+    worker.spinner = None
+    worker.execute_from_commandline()
+
+
+class FloorProcess(WorkerProcess):
+    def start(self) -> FloorProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--floor-worker", *self.args,
+             str(self.web_port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        return self
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -133,17 +184,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def throughput(
-    bootstrap: str, model: Path, tmp: Path, naive: bool, events: int, n_items: int
+    bootstrap: str, model: Path, tmp: Path, naive: bool, events: int, n_items: int, floor=False
 ) -> tuple[float, float]:
     """Drain rate (answers/s) and answers per CPU-second of the worker process."""
-    run = Run.fresh("naive" if naive else "batched")
+    run = Run.fresh("floor" if floor else "naive" if naive else "batched")
     await create_topics(bootstrap, run)
     source = ClickSource(seed=1, n_items=n_items)
     start = int(time.time() * 1000) - 3_600_000
     await produce_clicks(bootstrap, run.clicks, [source.message(start + i) for i in range(events)])
     answers: list = []
     reader = asyncio.create_task(read_answers(bootstrap, run.recs, events, 900, answers))
-    worker = start_worker(bootstrap, run, model, tmp, naive)
+    if floor:
+        names = [bootstrap, run.tag, run.clicks, run.recs, str(tmp / run.tag)]
+        worker = FloorProcess(names, tmp / f"{run.tag}.log")
+        worker.start()
+    else:
+        worker = start_worker(bootstrap, run, model, tmp, naive)
     cpu_at_first = None
     try:
         while not reader.done():
@@ -226,7 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-events", type=int, default=3_000)
     parser.add_argument("--seconds", type=float, default=20.0, help="per latency run")
     parser.add_argument("--catalogue", choices=sorted(CATALOGUES), default="ml-1m")
+    parser.add_argument("--floor-worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.floor_worker:
+        *names, port = args.floor_worker
+        floor_worker(*names, web_port=int(port))
+        return 0
 
     n_items, kind, layers, embedding = CATALOGUES[args.catalogue]
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmpdir:
@@ -276,6 +337,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"{achieved:,.0f} |",
                     flush=True,
                 )
+        floor = [
+            asyncio.run(throughput(args.bootstrap, model, tmp, False, args.events, n_items, True))
+            for _ in range(args.runs)
+        ]
+        print(
+            f"\n## Faust floor (bare agent, same batches, one send per click): "
+            f"{statistics.median(r for r, _ in floor):,.0f} events/s, "
+            f"{statistics.median(c for _, c in floor):,.0f} events per worker CPU-second"
+        )
         ratio = results["batched"][0] / results["naive"][0]
         ratio_cpu = results["batched"][1] / results["naive"][1]
         print(f"\nbatched / naive: {ratio:.1f}x events/s, {ratio_cpu:.1f}x events per CPU-second")
