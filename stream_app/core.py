@@ -12,11 +12,15 @@ Rules (documented for producers and operators):
 - A click at an offset not newer than the last one applied to its session is a redelivery
   (at-least-once after a crash): the state is not advanced twice. It is answered again:
   with the stored answer when it was the session's last click, otherwise by recomputing the
-  state from the stored history up to that click.
+  state from the stored history up to that click (exact while the session is no longer
+  than `history_len` clicks; older redeliveries are counted, not answered).
 - A session untouched for `session_ttl_ms` (wall clock) is over: its next click starts a
   new session, whether or not the expiry timer has deleted it yet.
 - A session whose cached hidden state was computed by another model version (after a hot
-  swap) is recomputed from its item history under the serving model first.
+  swap) is recomputed from its item history under the serving model first: from its last
+  `history_len` items (50 by default), so a longer session restarts from that window.
+- Items already in the session's (bounded) history are not recommended, unless
+  `exclude_seen` is off.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class WorkerRuntime:
         clicks, dead = [], []
         for event in events:
             msg = event.message
-            raw = msg.value if msg.value is not None else None
+            raw = msg.value
             try:
                 click = decode_message(raw, msg.key, self.config.core)
             except ValidationError as exc:
