@@ -268,3 +268,39 @@ def test_sessions_table_is_rocksdb_through_rocksdict_with_small_buffers(tmp_path
     # Opening a partition writes a real RocksDB directory.
     store._db_for_partition(0).put(b"k", b"v")
     assert any(p.name == "CURRENT" for p in (tmp_path / "data").rglob("CURRENT"))
+
+
+def test_initial_model_from_a_directory_or_a_registry(tmp_path):
+    from schemas.artifact import ArtifactError
+    from schemas.registry import Registry
+    from stream_app.cli import build_parser, config_from_args, initial_model_path
+
+    def start_path(*argv):
+        return initial_model_path(config_from_args(build_parser().parse_args(list(argv))))
+
+    plain = write_random_artifact(tmp_path / "plain", version="p1", n_items=10)
+    assert start_path("--model", str(plain)) == str(plain)
+    assert start_path() is None  # no model: wait for model-updates
+
+    registry = Registry(tmp_path / "registry")
+    assert start_path("--registry", str(registry.root)) is None  # nothing promoted yet
+    first = registry.add(plain)
+    second = registry.add(write_random_artifact(tmp_path / "other", version="x", n_items=10))
+    registry.promote(first)
+    assert start_path("--registry", str(registry.root)).endswith(first)
+    assert start_path("--registry", str(registry.root), "--model", "latest").endswith(second)
+    with pytest.raises(ArtifactError):
+        start_path("--model", str(tmp_path / "nowhere"))
+
+
+def test_worker_options_are_checked():
+    from stream_app.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--session-ttl", "45m", "--batch-wait", "5ms", "--naive"])
+    config = config_from_args(args)
+    assert config.core.session_ttl_ms == 45 * 60_000 and config.batch_within_s == 0.005
+    assert config.naive and config.core.exhaustive
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--no-such-option"])
+    with pytest.raises(ValueError, match="not a duration"):
+        config_from_args(build_parser().parse_args(["--session-ttl", "forever"]))
