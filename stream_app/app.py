@@ -19,7 +19,7 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
         config.app_id,
         broker=f"kafka://{config.bootstrap}",
         store="rocksdb://",
-        datadir=config.data_dir or f"{config.app_id}-data",
+        datadir=config.data_dir or f"var/worker/{config.app_id}",
         topic_partitions=config.partitions,
         consumer_auto_offset_reset=config.offset_reset,
         producer_acks=-1,

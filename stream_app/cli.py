@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=4, help="of clicks, when created here")
     p.add_argument("--web-port", type=int, default=6066)
     p.add_argument("--web-bind", default="0.0.0.0")
-    p.add_argument("--data-dir", help="RocksDB directory (default ./<app-id>-data)")
+    p.add_argument("--data-dir", help="RocksDB directory (default ./var/worker/<app-id>)")
     p.add_argument("--session-ttl", default="30m", help="inactivity before a session ends")
     p.add_argument("--cleanup-interval", default="60s", help="how often expired sessions go")
     p.add_argument("--history", type=int, default=50, help="items kept per session")

@@ -29,7 +29,7 @@ class WorkerConfig:
     web_port: int = 6066
     web_bind: str = "0.0.0.0"
     web_host: str = "127.0.0.1"
-    data_dir: str | None = None  # RocksDB files; default "<app_id>-data" in the working dir
+    data_dir: str | None = None  # RocksDB files; default var/worker/<app_id> (working dir)
     offset_reset: str = "earliest"  # where a new consumer group starts on `clicks`
     standby_replicas: int = 1
     # How long the group waits for a silent worker before its partitions move (Faust: 60 s).
