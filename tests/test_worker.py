@@ -76,12 +76,8 @@ def items(rec) -> list[str]:
 
 def offline_answers(model: ServingModel, clicks, positions, k: int = 20) -> dict:
     """What an uninterrupted worker answers: the core over all clicks, one batch, in order."""
-    batch = [
-        Click(ClickEvent(sid, item, ts), "clicks", p, o, b"", sid.encode(), ts)
-        for (sid, item, ts), (p, o) in zip(clicks, positions, strict=True)
-    ]
-    result = answer_batch(model, batch, {}, CoreConfig(k=k), now_ms=int(time.time() * 1000))
-    return {(c.partition, c.offset): items(r) for c, r in result.recommendations()}
+    scored_answers = offline_scored_answers(model, clicks, positions, k)
+    return {pos: [item for item, _ in answer] for pos, answer in scored_answers.items()}
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +250,7 @@ def scored(rec) -> list[tuple[str, float]]:
 
 
 def offline_scored_answers(model: ServingModel, clicks, positions, k: int = 20) -> dict:
+    """Like `offline_answers`, with each item's score."""
     batch = [
         Click(ClickEvent(sid, item, ts), "clicks", p, o, b"", sid.encode(), ts)
         for (sid, item, ts), (p, o) in zip(clicks, positions, strict=True)
