@@ -10,6 +10,7 @@ from __future__ import annotations
 import faust
 
 from stream_app.config import WorkerConfig
+from stream_app.recovery import SafeTableManager
 from stream_app.runtime import WorkerRuntime
 from stream_app.views import register_views
 
@@ -35,6 +36,7 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
         web_bind=config.web_bind,
         web_host=config.web_host,
         autodiscover=False,
+        TableManager=SafeTableManager,  # see stream_app/recovery.py
     )
     runtime = WorkerRuntime(config, app)
     # Table writes queue their changelog messages in Faust's producer buffer, and the
