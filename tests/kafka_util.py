@@ -7,7 +7,7 @@ Names (several people and CI share one broker, so every test uses its own topics
 Synchronous helpers (call them from plain test functions, not inside a running event loop):
     create_topic(bootstrap, spec_or_name, partitions=1, config=None) -> str   # the name
     produce(bootstrap, topic, messages) -> list[tuple[int, int]]             # (partition, offset)
-    consume_all(bootstrap, topic, *, min_count=None, timeout_s=30, idle_s=1)
+    consume_all(bootstrap, topic, *, min_count=None, until=None, timeout_s=30, idle_s=1)
         -> list[ConsumerRecord]                                              # .key .value ...
     topic_config(bootstrap, topic) -> dict[str, str]
     partition_count(bootstrap, topic) -> int
@@ -19,7 +19,9 @@ for tests that already run an event loop.
 `consume_all` reads without a consumer group, from the beginning of every partition:
 - `min_count=None`: everything up to the end offsets at the time of the call (exact, fast);
 - `min_count=n`: waits until at least n records arrived (or `timeout_s` passed), then until
-  no new record arrives for `idle_s`, so extra (e.g. duplicate) records are seen too.
+  no new record arrives for `idle_s`, so extra (e.g. duplicate) records are seen too;
+- `until=f`: like `min_count`, but waits until `f(records)` is true (when duplicates make a
+  count meaningless).
 Records come back sorted by (partition, offset).
 """
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from uuid import uuid4
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -100,9 +102,12 @@ async def aconsume_all(
     topic: str,
     *,
     min_count: int | None = None,
+    until: Callable[[list[ConsumerRecord]], bool] | None = None,
     timeout_s: float = 30.0,
     idle_s: float = 1.0,
 ) -> list[ConsumerRecord]:
+    if until is not None:
+        min_count = min_count or 0
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
     )
@@ -128,6 +133,7 @@ async def aconsume_all(
             elif (
                 min_count is not None
                 and len(records) >= min_count
+                and (until is None or until(records))
                 and time.monotonic() - last_new >= idle_s
             ):
                 break
@@ -173,11 +179,14 @@ def consume_all(
     topic: str,
     *,
     min_count: int | None = None,
+    until: Callable[[list[ConsumerRecord]], bool] | None = None,
     timeout_s: float = 30.0,
     idle_s: float = 1.0,
 ) -> list[ConsumerRecord]:
     return asyncio.run(
-        aconsume_all(bootstrap, topic, min_count=min_count, timeout_s=timeout_s, idle_s=idle_s)
+        aconsume_all(
+            bootstrap, topic, min_count=min_count, until=until, timeout_s=timeout_s, idle_s=idle_s
+        )
     )
 
 
