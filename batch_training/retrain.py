@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -54,6 +53,7 @@ from batch_training.export import export_artifact
 from batch_training.publish import default_bootstrap, publish_artifact
 from batch_training.train import train
 from schemas.artifact import Artifact, ArtifactError
+from schemas.durations import format_duration, parse_duration_ms
 from schemas.events import DAY_MS, ValidationError, parse_timestamp
 from schemas.registry import Registry
 from schemas.topics import CLICKS, MODEL_UPDATES
@@ -62,8 +62,6 @@ log = logging.getLogger(__name__)
 
 PRIMARY_METRIC = "recall@20"
 DEFAULT_REGISTRY_ENV = "GRU4STREAM_MODELS"
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 
 
 class RetrainError(RuntimeError):
@@ -74,24 +72,11 @@ class RetrainError(RuntimeError):
 
 
 def parse_duration(text: str) -> int:
-    """'30d', '6h', '15m', '90s', '500ms', '2w', '1.5h' -> milliseconds (positive)."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(
-            f"{text!r} is not a duration: a number and a unit, one of ms, s, m, h, d, w "
-            "(e.g. 30d, 6h, 15m)"
-        )
-    value = float(match.group(1)) * _UNITS_MS[match.group(2)]
-    if value < 1:
-        raise ValueError(f"{text!r}: a duration must be positive")
-    return int(value)
-
-
-def format_duration(ms: int) -> str:
-    for unit in ("w", "d", "h", "m", "s"):
-        if ms >= _UNITS_MS[unit] and ms % _UNITS_MS[unit] == 0:
-            return f"{ms // _UNITS_MS[unit]}{unit}"
-    return f"{ms}ms"
+    """'30d', '6h', '15m', '90s', '500ms', '2w', '1.5h' -> milliseconds (a unit is required)."""
+    ms = int(parse_duration_ms(text))
+    if ms < 1:
+        raise ValueError(f"{text!r}: a duration must be at least 1ms")
+    return ms
 
 
 def _duration_arg(text: str) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from schemas.durations import parse_duration_ms
 from stream_app.core import CoreConfig
 
 
@@ -64,13 +64,6 @@ class WorkerConfig:
         }
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
 def parse_duration(text: str) -> float:
     """ "30m", "90s", "1.5h", "250ms", or plain seconds -> seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 250ms, 90s, 30m, 2h)")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+    return parse_duration_ms(text, bare_unit="s") / 1000
