@@ -8,7 +8,7 @@ resuming flow control empties every stream queue. Clicks fetched in that window 
 the agent's queue and thrown away, while the consumer's read position already counts them
 as read: the re-fetched copies are dropped as old, and a record from a fetch issued before
 the seek makes Faust mark the whole range as a gap that counts as acknowledged. The offsets
-are then committed with clicks that were never answered (faust-streaming 0.11-0.15).
+are then committed with clicks that were never answered (seen with faust-streaming 0.15.3).
 
 Stopping the flow first closes the window: nothing is delivered until the seek is done, a
 fetch that returns meanwhile is discarded by Faust with a seek back to the committed
