@@ -42,7 +42,7 @@ Synthetic timestamps, where the data has none (they only preserve order):
 - `amazon-grocery` and the two raw logs have real timestamps (seconds -> ms).
 
 Generic files (`read_event_file`): CSV/TSV (optionally gzip) with a header, or Parquet when
-pyarrow is importable, with the three columns named by the caller.
+pyarrow is installed (the `parquet` extra), with the three columns named by the caller.
 """
 
 from __future__ import annotations
@@ -721,7 +721,7 @@ def _read_parquet(path, session_col, item_col, time_col, parse_time) -> Iterator
         import pyarrow.parquet as pq
     except ImportError:
         raise DatasetFormatError(
-            path, None, "reading Parquet needs pyarrow, which is not installed"
+            path, None, "reading Parquet needs pyarrow: pip install -e '.[parquet]'"
         ) from None
     try:
         table = pq.read_table(path)

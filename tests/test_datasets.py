@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from schemas import datasets
@@ -320,16 +322,31 @@ def test_bad_iso_timestamp_and_unknown_unit(tmp_path):
         read_event_file(path, time_unit="minutes")
 
 
-def test_parquet_needs_pyarrow(tmp_path):
+def test_parquet_with_column_mapping_and_arrow_timestamps(tmp_path):
     path = tmp_path / "clicks.parquet"
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        path.write_bytes(b"PAR1")
-        with pytest.raises(DatasetFormatError, match="needs pyarrow"):
-            list(read_event_file(path))
-        return
-    table = pa.table({"session_id": ["s"], "item_id": [3], "timestamp": [1_700_000_000_000]})
+    times = [1_700_000_000_000, 1_700_000_060_000]
+    pq.write_table(pa.table({"sid": ["s", "t"], "item": [3, 4], "ts": times}), path)
+    want = [ClickEvent("s", "3", times[0]), ClickEvent("t", "4", times[1])]
+    got = list(read_event_file(path, session_col="sid", item_col="item", time_col="ts"))
+    assert got == want
+    # The same instants as an Arrow timestamp column (seconds) need no time_unit.
+    stamped = pa.array([t // 1000 for t in times], type=pa.timestamp("s"))
+    table = pa.table({"session_id": ["s", "t"], "item_id": ["3", "4"], "timestamp": stamped})
     pq.write_table(table, path)
-    assert list(read_event_file(path)) == [ClickEvent("s", "3", 1_700_000_000_000)]
+    assert list(read_event_file(path)) == want
+
+
+def test_bad_parquet_files_are_refused_with_the_reason(tmp_path):
+    path = tmp_path / "clicks.parquet"
+    path.write_bytes(b"PAR1 but not really")
+    with pytest.raises(DatasetFormatError, match="not a readable Parquet file"):
+        list(read_event_file(path))
+    pq.write_table(pa.table({"session_id": ["s"], "item": ["i"], "timestamp": [1]}), path)
+    with pytest.raises(DatasetFormatError, match=r"missing column\(s\) \['item_id'\]"):
+        list(read_event_file(path))
+    table = pa.table(
+        {"session_id": ["s", None], "item_id": ["i", "j"], "timestamp": [1_700_000_000_000] * 2}
+    )
+    pq.write_table(table, path)
+    with pytest.raises(DatasetFormatError, match="row 2: null session"):
+        list(read_event_file(path))
