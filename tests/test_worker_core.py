@@ -270,6 +270,15 @@ def test_sessions_table_is_rocksdb_through_rocksdict_with_small_buffers(tmp_path
     assert any(p.name == "CURRENT" for p in (tmp_path / "data").rglob("CURRENT"))
 
 
+def test_the_app_restores_tables_with_the_seek_before_flow_recovery(tmp_path):
+    from stream_app.app import create_app
+    from stream_app.config import WorkerConfig
+    from stream_app.recovery import SeekBeforeFlowRecovery
+
+    app, _ = create_app(WorkerConfig(app_id="recovery-check", data_dir=str(tmp_path)))
+    assert isinstance(app.tables.recovery, SeekBeforeFlowRecovery)
+
+
 def test_initial_model_from_a_directory_or_a_registry(tmp_path):
     from schemas.artifact import ArtifactError
     from schemas.registry import Registry
