@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,28 @@ def test_retrain_promotes_records_publishes_and_rejects_worse(tmp_path, kafka_bo
     assert decode_model_update(records[0].value).artifact_uri == str(
         (registry.root / "v0001").resolve()
     )
+
+    # 3. A candidate trained like v0001 but on shuffled labels: the items of the training
+    #    clicks are permuted, the held-out day is the same walk. It learns no walk: rejected.
+    shuffled_topic = create_topic(kafka_bootstrap, spec_named(unique_topic("clicks"), CLICKS))
+    train_part = [e for e in events if e.timestamp < now - DAY]
+    permuted = np.random.default_rng(7).permutation([e.item_id for e in train_part])
+    shuffled = [
+        *(replace(e, item_id=str(item)) for e, item in zip(train_part, permuted, strict=True)),
+        *(e for e in events if e.timestamp >= now - DAY),
+    ]
+    produce(kafka_bootstrap, shuffled_topic, [(e.session_id, encode_click(e)) for e in shuffled])
+    on_shuffled = [shuffled_topic if arg == topic else arg for arg in common]
+    assert main([*on_shuffled, "--set", "n_epochs=3", "--set", "learning_rate=0.1"]) == 0
+    assert "-> rejected;" in capsys.readouterr().out
+    third = registry.decisions()[-1]
+    assert (third.version, third.decision, third.details["baseline"]) == (
+        "v0003",
+        "rejected",
+        "v0001",
+    )
+    assert third.metrics["recall@20"] < 0.6 < first.metrics["recall@20"]
+    assert registry.promoted() == "v0001"
 
 
 def test_no_clicks_in_the_window_fails_with_exit_1(tmp_path, kafka_bootstrap, capsys):
