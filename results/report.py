@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 
 HERE = Path(__file__).resolve().parent
-DATASET_ORDER = ("movielens-1m", "amazon-grocery", "diginetica")
+DATASET_ORDER = ("movielens-1m", "amazon-grocery", "yelp", "diginetica")
 FULL = ("recall@5", "recall@10", "recall@20", "mrr@20", "ndcg@10", "ndcg@20")
 SAMPLED = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 # The seed paper's GRU4Rec (ReChorus implementation), sampled protocol.
