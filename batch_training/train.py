@@ -399,6 +399,9 @@ def plot_history(history: list[dict[str, Any]], path: str | Path) -> Path:
     valid = [(h["epoch"], h["valid"]) for h in history if h.get("valid") is not None]
     if valid:
         ax_valid.plot(*zip(*valid, strict=True), marker="o", color="tab:green")
+    else:  # a split without a validation set (e.g. Diginetica's): fixed epochs
+        ax_valid.text(0.5, 0.5, "no validation set", ha="center", va="center", color="gray")
+        ax_valid.set(xticks=[], yticks=[])
     ax_valid.set(title="validation metric", xlabel="epoch")
     ax_speed.bar(epochs, [h["events_per_s"] for h in history], color="tab:gray")
     ax_speed.set(title="events / s", xlabel="epoch")
