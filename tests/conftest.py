@@ -16,10 +16,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from deploy.kafka.broker import BrokerConfig, BrokerError, free_port, probe, start, stop
+from deploy.kafka.broker import (
+    SUPER_USER,
+    BrokerConfig,
+    BrokerError,
+    free_port,
+    probe,
+    start,
+    stop,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +42,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "kafka_bootstrap" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
-            "kafka"
-        ):
+        uses_broker = {"kafka_bootstrap", "secure_broker"} & set(getattr(item, "fixturenames", ()))
+        if uses_broker and not item.get_closest_marker("kafka"):
             item.add_marker(pytest.mark.kafka)
 
 
@@ -61,5 +70,50 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.fail(f"no Kafka broker for the integration tests: {exc}", pytrace=False)
     try:
         yield info.bootstrap
+    finally:
+        stop(config)
+
+
+@dataclass(frozen=True)
+class SecureBroker:
+    """A running `gru4stream broker start --secure` and where its clients' settings are."""
+
+    config: BrokerConfig
+
+    @property
+    def bootstrap(self) -> str:
+        return self.config.bootstrap
+
+    @property
+    def ca_path(self) -> Path:
+        return self.config.ca_file
+
+    def properties(self, principal: str) -> Path:
+        """`clients/<principal>.properties` (admin, producer, worker, trainer)."""
+        return self.config.client_properties(principal)
+
+    @property
+    def admin_properties(self) -> Path:
+        return self.properties(SUPER_USER)
+
+
+@pytest.fixture(scope="session")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """A secure broker (SASL_SSL, SCRAM users, ACLs) on free ports, once per test session.
+
+    Started only when a test asks for it (about 8 s), stopped at the end of the session.
+    """
+    config = BrokerConfig(
+        port=free_port(),
+        controller_port=free_port(),
+        data_dir=tmp_path_factory.mktemp("kafka-secure"),
+        secure=True,
+    )
+    try:
+        start(config)
+    except BrokerError as exc:
+        pytest.fail(f"no secure Kafka broker for the tests: {exc}", pytrace=False)
+    try:
+        yield SecureBroker(config)
     finally:
         stop(config)
