@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,11 +35,19 @@ from batch_training.evaluate import (
     limit_history,
     map_to_vocab,
 )
+from kafka_io.cli import (
+    add_kafka_arguments,
+    redact_argv,
+    report_failure,
+    run_kafka,
+    settings_from_args,
+)
+from kafka_io.errors import KafkaSetupError, check_connection
+from kafka_io.settings import KafkaConfigError
 from schemas.artifact import MANIFEST, Artifact, ArtifactError, read_artifact
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 RUN_MODEL_DIR = "model"
 VALID_METRIC = "recall@20"
 
@@ -65,11 +72,6 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--time-unit", default="ms", choices=("ms", "s", "iso"), help="--file: time format"
     )
-    source.add_argument(
-        "--bootstrap",
-        default=os.environ.get("GRU4STREAM_BOOTSTRAP", DEFAULT_BOOTSTRAP),
-        help="--topic: Kafka bootstrap servers (default $GRU4STREAM_BOOTSTRAP or %(default)s)",
-    )
     source.add_argument("--from", dest="start", help="--topic: first click time (ms or ISO)")
     source.add_argument("--to", dest="end", help="--topic: end of the range (ms or ISO)")
     source.add_argument(
@@ -89,6 +91,7 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a batch_training.data.SplitOptions field, e.g. valid_days=7 (repeatable)",
     )
+    add_kafka_arguments(parser)  # for --topic
 
 
 def _time_arg(value: str | None, flag: str) -> int | None:
@@ -131,15 +134,26 @@ def load_data(args: argparse.Namespace) -> Any:
                 time_unit=args.time_unit,
             )
             return data.split_from_events(events, name=args.file.stem, **options)
-        events = data.read_topic_events(
-            args.bootstrap,
-            args.topic,
-            start_ms=_time_arg(args.start, "--from"),
-            end_ms=_time_arg(args.end, "--to"),
-        )
-        return data.split_from_events(events, name=args.topic, **options)
     except (DatasetFormatError, FileNotFoundError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
+    events = _topic_events(args)  # Kafka failures are one line of their own (exit 1)
+    try:
+        return data.split_from_events(events, name=args.topic, **options)
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _topic_events(args: argparse.Namespace) -> Any:
+    """The clicks of --topic in [--from, --to); KafkaConfigError for wrong Kafka settings,
+    KafkaSetupError (one line) when the topic cannot be read."""
+    from batch_training import data
+
+    settings = settings_from_args(args)
+    start, end = _time_arg(args.start, "--from"), _time_arg(args.end, "--to")
+    run_kafka(check_connection(settings), settings)
+    return run_kafka(
+        data.aread_topic_events(settings, args.topic, start_ms=start, end_ms=end), settings
+    )
 
 
 def _split_options(pairs: list[str]) -> dict[str, Any]:
@@ -249,6 +263,8 @@ def _setup_logging(quiet: bool) -> None:
 def _main(body: Callable[[list[str]], int], argv: list[str] | None, prog: str) -> int:
     try:
         return body(sys.argv[1:] if argv is None else list(argv))
+    except (KafkaConfigError, KafkaSetupError) as exc:
+        return report_failure(prog, exc)
     except (CliError, ArtifactError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -384,7 +400,7 @@ def _train(argv: list[str]) -> int:
     _write_json(
         args.out / "metrics.json",
         {
-            "command": ["gru4stream", "train", *argv],
+            "command": ["gru4stream", "train", *redact_argv(argv)],
             "version": version,
             "data": training_data,
             "preset": args.preset,
@@ -524,7 +540,7 @@ def _evaluate(argv: list[str]) -> int:
         _write_json(
             args.json,
             {
-                "command": ["gru4stream", "evaluate", *argv],
+                "command": ["gru4stream", "evaluate", *redact_argv(argv)],
                 "data": {"source": _source_description(args), "split": args.split},
                 "history_window": window or 0,
                 **info,

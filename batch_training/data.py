@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
@@ -40,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from kafka_io.settings import KafkaSettings
 from schemas import datasets
 from schemas.datasets import ClickLog, Sequences
 from schemas.events import (
@@ -716,7 +715,7 @@ class TopicEvents(list):
 
 
 def read_topic_events(
-    bootstrap: str,
+    settings: KafkaSettings,
     topic: str,
     *,
     start_ms: int | None = None,
@@ -732,12 +731,13 @@ def read_topic_events(
     Times are the records' Kafka timestamps (the producer sets them to the click time); each
     partition is read from `offsets_for_times(start_ms)` up to the smaller of
     `offsets_for_times(end_ms)` and its end offset when the read began, so clicks arriving
-    meanwhile are not included. Messages that fail `decode_click` are counted, not raised.
-    Do not call from a running event loop; use `aread_topic_events` there.
+    meanwhile are not included (`kafka_io.archive.read_range`). Messages that fail
+    `decode_click` are counted, not raised; `kafka_io.topics.TopicError` when the topic does
+    not exist. Do not call from a running event loop; use `aread_topic_events` there.
     """
     return asyncio.run(
         aread_topic_events(
-            bootstrap,
+            settings,
             topic,
             start_ms=start_ms,
             end_ms=end_ms,
@@ -751,7 +751,7 @@ def read_topic_events(
 
 
 async def aread_topic_events(
-    bootstrap: str,
+    settings: KafkaSettings,
     topic: str,
     *,
     start_ms: int | None = None,
@@ -762,49 +762,22 @@ async def aread_topic_events(
     progress: bool = True,
     timeout_s: float = 60.0,
 ) -> TopicEvents:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    """`read_topic_events` inside a running event loop."""
+    from kafka_io.archive import read_range  # aiokafka only when the archive is read
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    archive = await read_range(
+        settings,
+        topic,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        start_offsets=start_offsets,
+        end_offsets=end_offsets,
+        progress=progress,
+        timeout_s=timeout_s,
     )
-    await consumer.start()
-    try:
-        partitions = await _partitions(bootstrap, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        first = await consumer.beginning_offsets(tps)
-        stop = await consumer.end_offsets(tps)
-        start = dict(first)
-        if start_offsets is not None:
-            start = {tp: max(first[tp], start_offsets.get(tp.partition, first[tp])) for tp in tps}
-        if start_ms is not None:
-            found = await consumer.offsets_for_times({tp: start_ms for tp in tps})
-            for tp in tps:
-                start[tp] = max(start[tp], stop[tp] if found[tp] is None else found[tp].offset)
-        if end_offsets is not None:
-            stop = {tp: min(stop[tp], end_offsets.get(tp.partition, stop[tp])) for tp in tps}
-        if end_ms is not None:
-            found = await consumer.offsets_for_times({tp: end_ms for tp in tps})
-            stop = {
-                tp: stop[tp] if found[tp] is None else min(stop[tp], found[tp].offset) for tp in tps
-            }
-        todo = [tp for tp in tps if start[tp] < stop[tp]]
-        for tp in todo:
-            consumer.seek(tp, start[tp])
-        records = await _read_until(consumer, todo, stop, start, progress, timeout_s, topic)
-    finally:
-        await consumer.stop()
-
     events: list[tuple[int, int, int, ClickEvent]] = []
     reasons: Counter = Counter()
-    for r in records:
-        if start_ms is not None and r.timestamp < start_ms:
-            continue
-        if end_ms is not None and r.timestamp >= end_ms:
-            continue
+    for r in archive.records:
         try:
             click = decode_click(r.value, limits=limits)
         except ValidationError as exc:
@@ -819,50 +792,5 @@ async def aread_topic_events(
         (e for *_, e in events),
         n_invalid=n_invalid,
         invalid_reasons=reasons,
-        offsets={tp.partition: (start[tp], stop[tp]) for tp in tps},
+        offsets=archive.offsets,
     )
-
-
-async def _partitions(bootstrap: str, topic: str) -> list[int]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (meta,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if meta["error_code"] or not meta["partitions"]:
-        raise ValueError(
-            f"topic {topic!r} does not exist on {bootstrap} (error code {meta['error_code']})"
-        )
-    return sorted(p["partition"] for p in meta["partitions"])
-
-
-async def _read_until(consumer, tps, stop, start, progress, timeout_s, topic) -> list:
-    records = []
-    total = sum(stop[tp] - start[tp] for tp in tps)
-    bar = tqdm(total=total, unit="msg", desc=f"reading {topic}", disable=not progress)
-    pending = set(tps)
-    last_progress = time.monotonic()
-    try:
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=500)
-            for tp, msgs in batch.items():
-                kept = [m for m in msgs if m.offset < stop[tp]]
-                records.extend(kept)
-                bar.update(len(kept))
-            for tp in list(pending):
-                if await consumer.position(tp) >= stop[tp]:
-                    pending.discard(tp)
-                    consumer.pause(tp)
-            if batch:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > timeout_s:
-                raise TimeoutError(
-                    f"{topic}: no messages for {timeout_s:.0f} s with {len(pending)} "
-                    "partition(s) short of their end offsets"
-                )
-    finally:
-        bar.close()
-    return records

@@ -1,6 +1,7 @@
 """Announce a model version on `model-updates`, so every running worker swaps to it.
 
-`gru4stream publish MODEL [--registry ROOT] [--bootstrap HOST:PORT] [--topic model-updates]`
+`gru4stream publish MODEL [--registry ROOT [--force]] [--model-key-file FILE]
+[--kafka-config FILE] [--bootstrap HOST:PORT] [--topic model-updates]`
 
 MODEL is an artifact directory, or with `--registry` a version name (`v0003`), `latest` or
 `promoted`. The artifact is verified (checksums, shapes, vocabulary) before anything is
@@ -8,6 +9,12 @@ sent: a corrupt artifact is refused here rather than by every worker. Publishing
 version also makes it the promoted one, so publishing an older version is how an operator
 rolls back (the compacted topic keeps only the newest announcement for workers that start
 later).
+
+A registry version is promoted before it is announced: workers with `--registry` load only
+versions the registry has promoted. A candidate the retraining gate rejected is refused
+unless `--force` says the operator promotes it on purpose (the decision log records it).
+With `--model-key-file` the announcement carries an HMAC signature (schemas/signing.py)
+that workers given the same key require.
 """
 
 from __future__ import annotations
@@ -20,22 +27,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
-
-from schemas.artifact import ArtifactError, manifest_checksum, read_artifact
+from kafka_io.cli import add_kafka_arguments, report_failure, run_kafka, settings_from_args
+from kafka_io.clients import producer
+from kafka_io.errors import KafkaSetupError, check_connection
+from kafka_io.settings import KafkaConfigError, KafkaSettings
+from kafka_io.topics import create_topics
+from schemas.artifact import ArtifactError, read_artifact
 from schemas.events import ModelUpdate, encode
 from schemas.registry import Registry, resolve_model
-from schemas.topics import MODEL_UPDATE_KEY, MODEL_UPDATES, TopicSpec, spec_named
+from schemas.signing import KeyFileError, read_key_file, sign_update
+from schemas.topics import MODEL_UPDATE_KEY, MODEL_UPDATES, spec_named
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-
-
-def default_bootstrap() -> str:
-    return os.environ.get("GRU4STREAM_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+PROG = "gru4stream publish"
 
 
 def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -57,58 +62,76 @@ def model_update_for(artifact_dir: str | os.PathLike[str], uri: str | None = Non
     return ModelUpdate(
         version=manifest.version,
         artifact_uri=uri or str(Path(artifact_dir).resolve()),
-        checksum=manifest_checksum(artifact_dir),
+        checksum=artifact.manifest_sha256,  # of the very bytes just verified
         metrics=flat_metrics(manifest.metrics),
         created_at=manifest.created_at or int(time.time() * 1000),
     )
 
 
-async def ensure_topic(bootstrap: str, spec: TopicSpec) -> bool:
-    """Create the topic with its settings if it is missing; True when it was created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        topic = NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.config)
-        try:
-            await admin.create_topics([topic])
-        except TopicAlreadyExistsError:
-            return False
-        return True
-    finally:
-        await admin.close()
-
-
 async def publish_update(
-    bootstrap: str, update: ModelUpdate, *, topic: str = MODEL_UPDATES.name
+    settings: KafkaSettings, update: ModelUpdate, *, topic: str = MODEL_UPDATES.name
 ) -> None:
-    """Send one ModelUpdate (key "model") and wait until the broker has it (acks=all)."""
-    await ensure_topic(bootstrap, spec_named(topic, MODEL_UPDATES))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
+    """Send one ModelUpdate (key "model") and wait until the broker has it (acks=all); the
+    topic is created with the settings of `model-updates` when it is missing."""
+    partitions = (await create_topics(settings, [spec_named(topic, MODEL_UPDATES)]))[topic]
+    if partitions != 1:
+        # With several partitions "the newest update" has no meaning for a reader.
+        raise RuntimeError(
+            f"topic {topic!r} has {partitions} partitions; model updates need exactly 1"
+        )
+    client = producer(settings)
+    await client.start()
     try:
-        partitions = await producer.partitions_for(topic)
-        if partitions is not None and len(partitions) != 1:
-            # With several partitions "the newest update" has no meaning for a reader.
-            raise RuntimeError(
-                f"topic {topic!r} has {len(partitions)} partitions; model updates need exactly 1"
-            )
-        await producer.send_and_wait(topic, encode(update), key=MODEL_UPDATE_KEY)
+        await client.send_and_wait(topic, encode(update), key=MODEL_UPDATE_KEY)
     finally:
-        await producer.stop()
+        await client.stop()
     log.info("published %s (%s) on %s", update.version, update.artifact_uri, topic)
 
 
 async def publish_artifact(
-    bootstrap: str,
+    settings: KafkaSettings,
     artifact_dir: str | os.PathLike[str],
     *,
     topic: str = MODEL_UPDATES.name,
     uri: str | None = None,
+    key: bytes | None = None,
 ) -> ModelUpdate:
-    """Verify an artifact directory and announce it; returns what was sent."""
+    """Verify an artifact directory and announce it (signed with `key` if given); returns
+    what was sent."""
     update = model_update_for(artifact_dir, uri)
-    await publish_update(bootstrap, update, topic=topic)
+    if key is not None:
+        update = sign_update(update, key)
+    await publish_update(settings, update, topic=topic)
     return update
+
+
+def promotion_for_publishing(
+    registry: Registry, version: str, *, force: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """The reason and log details with which a version about to be announced is promoted.
+
+    ArtifactError for a candidate the gate rejected (and never promoted) unless `force`:
+    the operator's explicit word is what lets such a version reach the workers.
+    """
+    gate = registry.gate_decision(version)
+    if gate != "rejected" or registry.was_promoted(version):
+        return "published", {}
+    if not force:
+        raise ArtifactError(
+            f"{version}: the promotion gate rejected this candidate (see "
+            f"{registry.root}/decisions.jsonl); pass --force to promote it on purpose",
+            "not_promoted",
+        )
+    return "forced by operator", {"forced": True, "gate_decision": gate}
+
+
+def promote_for_publishing(registry: Registry, version: str, *, force: bool = False) -> None:
+    """Promote a registry version about to be announced; a rejected candidate needs `force`
+    (ArtifactError otherwise, and nothing changes)."""
+    reason, details = promotion_for_publishing(registry, version, force=force)
+    registry.promote(version, reason, **details)
+    if details.get("forced"):
+        log.warning("%s: rejected by the promotion gate, promoted by the operator", version)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,38 +142,65 @@ def build_parser() -> argparse.ArgumentParser:
         "model", help="artifact directory, or with --registry: a version, 'latest', 'promoted'"
     )
     parser.add_argument("--registry", help="model registry root (makes the version promoted)")
-    parser.add_argument(
-        "--bootstrap", default=default_bootstrap(), help="Kafka bootstrap servers (host:port)"
-    )
     parser.add_argument("--topic", default=MODEL_UPDATES.name, help="model updates topic")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --registry: promote a candidate the retraining gate rejected (recorded)",
+    )
+    parser.add_argument(
+        "--model-key-file",
+        help="sign the announcement with the HMAC key in this file (workers given the same "
+        "key require it)",
+    )
     parser.add_argument(
         "--uri",
         help="artifact location as the workers see it, when it differs from this machine's "
         "path (another mount point, later an object-store URI)",
     )
+    add_kafka_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    import asyncio
-
     args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except KafkaConfigError as exc:
+        return report_failure(PROG, exc)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     registry = Registry(args.registry) if args.registry else None
     try:
+        key = read_key_file(args.model_key_file) if args.model_key_file else None
+    except KeyFileError as exc:
+        print(f"gru4stream publish: {exc}", file=sys.stderr)
+        return 2
+    try:
         path = resolve_model(args.model, registry)
         update = model_update_for(path, args.uri)
-        asyncio.run(publish_update(args.bootstrap, update, topic=args.topic))
-        if registry is not None and path.parent.resolve() == registry.root.resolve():
-            registry.promote(update.version, "published")
+        in_registry = registry is not None and path.parent.resolve() == registry.root.resolve()
+        if args.force and not in_registry:
+            raise ArtifactError(f"{args.model}: --force promotes a version of --registry")
+        if in_registry:  # a rejected candidate without --force stops here, before the broker
+            promotion_for_publishing(registry, update.version, force=args.force)
+        # A broker out of reach (or refusing these credentials) changes nothing in the registry.
+        run_kafka(check_connection(settings), settings)
+        if in_registry:
+            # Before the announcement: a worker checks the registry when the update arrives.
+            promote_for_publishing(registry, update.version, force=args.force)
+        if key is not None:
+            update = sign_update(update, key)
+        run_kafka(publish_update(settings, update, topic=args.topic), settings)
     except ArtifactError as exc:
         print(f"gru4stream publish: refused: {exc}", file=sys.stderr)
         return 1
+    except KafkaSetupError as exc:
+        return report_failure(PROG, exc)
     except Exception as exc:  # noqa: BLE001 - broker errors end the command, with the reason
         print(f"gru4stream publish: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(
-        f"published {update.version} on {args.topic} via {args.bootstrap}: "
+        f"published {update.version} on {args.topic} via {settings.bootstrap_servers}: "
         f"{update.artifact_uri} (manifest sha256 {update.checksum[:12]})"
     )
     return 0

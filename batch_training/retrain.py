@@ -1,7 +1,7 @@
 """Scheduled retraining: train on the archive, compare with the served model, promote or not.
 
 `gru4stream retrain --topic clicks --window 30d [--every 6h] [--registry ROOT] [--preset NAME]
-[--tolerance 0.01] [--holdout 1d] [--until T] [--bootstrap HOST:PORT]`
+[--tolerance 0.01] [--holdout 1d] [--until T] [--kafka-config FILE] [--bootstrap HOST:PORT]`
 
 One run:
 1. reads the clicks of the window [until - window, until) from the archive topic
@@ -19,7 +19,9 @@ One run:
    not worse than the promoted model's by more than `tolerance`, an ABSOLUTE difference:
    candidate >= promoted - tolerance. With no promoted model yet, the candidate is promoted;
 6. keeps every candidate in the registry (immutable, for inspection and rollback), records
-   each decision in the registry's log, and announces a promoted one on `model-updates`.
+   each decision in the registry's log, and announces a promoted one on `model-updates`
+   (promoted first: workers with `--registry` load only promoted versions; signed with
+   `--model-key-file` when given).
 
 Without `--every` it runs once and exits (cron, a Kubernetes CronJob): 0 after a run that
 promoted or kept the model, 1 when the run failed (no data, broker, artifact), 2 on usage
@@ -47,21 +49,33 @@ import numpy as np
 import torch
 
 from batch_training.config import TrainConfig, apply_overrides, load_preset
-from batch_training.data import read_topic_events, split_from_events
+from batch_training.data import TopicEvents, aread_topic_events, split_from_events
 from batch_training.evaluate import ArtifactScorer, GRU4RecScorer, evaluate_full
 from batch_training.export import export_artifact
-from batch_training.publish import default_bootstrap, publish_artifact
+from batch_training.publish import publish_artifact
 from batch_training.train import train
+from kafka_io.cli import (
+    KAFKA_FAILURES,
+    add_kafka_arguments,
+    failure_text,
+    report_failure,
+    run_kafka,
+    settings_from_args,
+)
+from kafka_io.errors import KafkaSetupError, check_connection
+from kafka_io.settings import KafkaConfigError, KafkaSettings
 from schemas.artifact import Artifact, ArtifactError
 from schemas.durations import format_duration, parse_duration_ms
 from schemas.events import DAY_MS, ValidationError, parse_timestamp
 from schemas.registry import Registry
+from schemas.signing import KeyFileError, read_key_file
 from schemas.topics import CLICKS, MODEL_UPDATES
 
 log = logging.getLogger(__name__)
 
 PRIMARY_METRIC = "recall@20"
 DEFAULT_REGISTRY_ENV = "GRU4STREAM_MODELS"
+PROG = "gru4stream retrain"
 
 
 class RetrainError(RuntimeError):
@@ -151,7 +165,7 @@ class MappedArtifactScorer:
 @dataclass(frozen=True)
 class RetrainOptions:
     topic: str = CLICKS.name
-    bootstrap: str = "127.0.0.1:9092"
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)  # masks its passwords in repr
     window_ms: int = 30 * 86_400_000
     holdout_ms: int = 86_400_000
     until: int | str = "now"  # epoch ms, "now" or "latest" (newest click in the topic)
@@ -164,6 +178,7 @@ class RetrainOptions:
     publish: bool = True
     updates_topic: str = MODEL_UPDATES.name
     artifact_uri_prefix: str | None = None  # registry root as the workers see it
+    model_key: bytes | None = field(default=None, repr=False)  # HMAC key; never printed
     progress: bool = True
     split_options: dict[str, Any] = field(default_factory=dict)
 
@@ -216,6 +231,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _read_archive(options: RetrainOptions, **bounds: int) -> TopicEvents:
+    """The window's clicks; KafkaSetupError (one line) when the topic cannot be read."""
+    return run_kafka(
+        aread_topic_events(options.kafka, options.topic, progress=options.progress, **bounds),
+        options.kafka,
+    )
+
+
 def run_once(options: RetrainOptions) -> RunReport:
     """One retraining run (see the module doc); raises RetrainError / ArtifactError."""
     started = time.perf_counter()
@@ -225,7 +248,7 @@ def run_once(options: RetrainOptions) -> RunReport:
     served_artifact = registry.load(served) if served is not None else None
 
     if options.until == "latest":
-        all_events = read_topic_events(options.bootstrap, options.topic, progress=options.progress)
+        all_events = _read_archive(options)
         if not all_events:
             raise RetrainError(f"topic {options.topic!r} holds no valid clicks")
         end_ms = max(e.timestamp for e in all_events) + 1
@@ -234,13 +257,7 @@ def run_once(options: RetrainOptions) -> RunReport:
     else:
         end_ms = _now_ms() if options.until == "now" else int(options.until)
         start_ms = end_ms - options.window_ms
-        events = read_topic_events(
-            options.bootstrap,
-            options.topic,
-            start_ms=start_ms,
-            end_ms=end_ms,
-            progress=options.progress,
-        )
+        events = _read_archive(options, start_ms=start_ms, end_ms=end_ms)
         # The read goes by the records' Kafka timestamps; the window is about click times
         # (the same unless a producer left the record timestamp unset).
         events = [e for e in events if start_ms <= e.timestamp < end_ms]
@@ -314,19 +331,29 @@ def run_once(options: RetrainOptions) -> RunReport:
     }
     published = False
     if decision == "promoted":
+        # Promoted before it is announced: a worker with --registry checks the registry
+        # when the announcement arrives and refuses a version not (yet) promoted.
+        registry.promote(name, f"{options.primary} within tolerance of {served or 'nothing'}")
         if options.publish:
             uri = None
             if options.artifact_uri_prefix:
                 uri = f"{options.artifact_uri_prefix.rstrip('/')}/{name}"
             try:
                 asyncio.run(
-                    publish_artifact(options.bootstrap, path, topic=options.updates_topic, uri=uri)
+                    publish_artifact(
+                        options.kafka,
+                        path,
+                        topic=options.updates_topic,
+                        uri=uri,
+                        key=options.model_key,
+                    )
                 )
             except Exception as exc:
-                registry.record(name, metrics, "publish-failed", **details, error=str(exc))
-                raise RetrainError(f"{name} passed but publishing it failed: {exc}") from exc
+                kafka = isinstance(exc, KAFKA_FAILURES)
+                reason = failure_text(exc, options.kafka) if kafka else str(exc)
+                registry.record(name, metrics, "publish-failed", **details, error=reason)
+                raise RetrainError(f"{name} passed but publishing it failed: {reason}") from exc
             published = True
-        registry.promote(name, f"{options.primary} within tolerance of {served or 'nothing'}")
     registry.record(name, metrics, decision, **details)
     return RunReport(
         candidate=name,
@@ -390,7 +417,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"promote if {PRIMARY_METRIC} >= promoted's - tolerance (absolute; default 0.01)",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    parser.add_argument("--bootstrap", default=default_bootstrap(), help="Kafka bootstrap servers")
     parser.add_argument(
         "--updates-topic", default=MODEL_UPDATES.name, help="where promoted versions go"
     )
@@ -401,14 +427,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-publish", action="store_true", help="promote in the registry only, announce nothing"
     )
+    parser.add_argument(
+        "--model-key-file",
+        help="sign announcements with the HMAC key in this file (workers given it require it)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_kafka_arguments(parser)
     return parser
 
 
 def options_from_args(args: argparse.Namespace) -> RetrainOptions:
+    """The run's options; KeyFileError for an unusable --model-key-file, KafkaConfigError for
+    wrong Kafka settings."""
+    key = read_key_file(args.model_key_file) if args.model_key_file else None
     return RetrainOptions(
         topic=args.topic,
-        bootstrap=args.bootstrap,
+        kafka=settings_from_args(args),
         window_ms=args.window,
         holdout_ms=args.holdout,
         until=args.until,
@@ -420,13 +454,18 @@ def options_from_args(args: argparse.Namespace) -> RetrainOptions:
         publish=not args.no_publish,
         updates_topic=args.updates_topic,
         artifact_uri_prefix=args.artifact_uri_prefix,
+        model_key=key,
         progress=not args.no_progress,
     )
 
 
 def _run_and_report(options: RetrainOptions) -> int:
     try:
+        # Before reading or training: a wrong CA file or password is named at once.
+        run_kafka(check_connection(options.kafka), options.kafka)
         report = run_once(options)
+    except KafkaSetupError as exc:
+        return report_failure(PROG, exc)
     except (RetrainError, ArtifactError, ValueError) as exc:
         print(f"retrain failed: {exc}", file=sys.stderr)
         return 1
@@ -443,7 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tolerance < 0:
         parser.error("--tolerance must be >= 0")
-    options = options_from_args(args)
+    try:
+        options = options_from_args(args)
+    except KeyFileError as exc:
+        parser.error(str(exc))
+    except KafkaConfigError as exc:
+        return report_failure(PROG, exc)
     if options.holdout_ms >= options.window_ms:
         parser.error("--holdout must be shorter than --window")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

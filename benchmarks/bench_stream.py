@@ -1,6 +1,6 @@
 """End to end through the real broker: one worker's sustained throughput and its latency.
 
-    gru4stream broker start                     # or any broker; --bootstrap / $GRU4STREAM_BOOTSTRAP
+    gru4stream broker start                     # or any cluster: --kafka-config FILE, --bootstrap
     python benchmarks/bench_stream.py           # 3 runs of everything (about 6 minutes)
     python benchmarks/bench_stream.py --runs 1 --events 20000
 
@@ -39,14 +39,23 @@ from uuid import uuid4
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kafka_io.cli import (  # noqa: E402
+    add_kafka_arguments,
+    report_failure,
+    run_kafka,
+    settings_from_args,
+)
+from kafka_io.clients import consumer, faust_options, producer  # noqa: E402
+from kafka_io.errors import KafkaSetupError, check_connection  # noqa: E402
+from kafka_io.settings import KafkaConfigError, KafkaSettings, write_properties  # noqa: E402
+from kafka_io.topics import create_topics as create  # noqa: E402
 from schemas.topics import CLICKS, RECOMMENDATIONS, spec_named  # noqa: E402
 from stream_app.harness import WorkerProcess, produce_clicks  # noqa: E402
 from stream_app.synthetic import write_random_artifact  # noqa: E402
-from stream_app.topics import ensure_topics  # noqa: E402
 
 ACTIVE_SESSIONS = 2_000
 # name -> (items, input kind, GRU layers, embedding dim)
@@ -55,6 +64,7 @@ CATALOGUES = {
     "diginetica": (43_097, "shared", (100,), 0),
 }
 N_ITEMS = CATALOGUES["ml-1m"][0]
+PROG = "bench_stream"
 
 
 @dataclass(frozen=True)
@@ -84,16 +94,20 @@ class ClickSource:
         return sid.encode(), value
 
 
-async def create_topics(bootstrap: str, run: Run) -> None:
-    await ensure_topics(
-        bootstrap,
-        [spec_named(run.clicks, CLICKS), spec_named(run.recs, RECOMMENDATIONS)],
-    )
+async def create_topics(settings: KafkaSettings, run: Run) -> None:
+    await create(settings, [spec_named(run.clicks, CLICKS), spec_named(run.recs, RECOMMENDATIONS)])
 
 
-def start_worker(bootstrap: str, run: Run, model: Path, tmp: Path, naive: bool) -> WorkerProcess:
+def client_properties(settings: KafkaSettings, tmp: Path) -> Path:
+    """The settings for a child process (a worker), in a 0600 file: never on its command line."""
+    return write_properties(settings, tmp / "client.properties")
+
+
+def start_worker(
+    settings: KafkaSettings, run: Run, model: Path, tmp: Path, naive: bool
+) -> WorkerProcess:
     args = [
-        "--bootstrap", bootstrap,
+        "--kafka-config", str(client_properties(settings, tmp)),
         "--app-id", run.tag,
         "--clicks-topic", run.clicks,
         "--recommendations-topic", run.recs,
@@ -109,36 +123,36 @@ def start_worker(bootstrap: str, run: Run, model: Path, tmp: Path, naive: bool) 
     return WorkerProcess(args, tmp / f"{run.tag}.log").start()
 
 
-async def read_answers(bootstrap: str, topic: str, count: int, timeout: float, out: list) -> None:
+async def read_answers(
+    settings: KafkaSettings, topic: str, count: int, timeout: float, out: list
+) -> None:
     """Append (receive time s, click timestamp ms) per answer until `count` or timeout."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=5
-    )
-    await consumer.start()
+    client = consumer(settings, group_id=None, fetch_max_wait_ms=5)
+    await client.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(RECOMMENDATIONS.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        client.assign(tps)
+        await client.seek_to_beginning(*tps)
         deadline = time.monotonic() + timeout
         while len(out) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(*tps, timeout_ms=100, max_records=10_000)
+            batch = await client.getmany(*tps, timeout_ms=100, max_records=10_000)
             now = time.time()
             for records in batch.values():
                 for r in records:
                     out.append((now, orjson.loads(r.value)["click"]["timestamp"]))
     finally:
-        await consumer.stop()
+        await client.stop()
 
 
 def floor_worker(
-    bootstrap: str, app_id: str, clicks: str, recs: str, datadir: str, web_port: int
+    settings: KafkaSettings, app_id: str, clicks: str, recs: str, datadir: str, web_port: int
 ) -> None:
     """The Faust floor (run in a child process): consume, send one answer per click."""
     import faust
 
     app = faust.App(
         app_id,
-        broker=f"kafka://{bootstrap}",
+        **faust_options(settings),
         web_port=web_port,
         datadir=datadir,
         autodiscover=False,
@@ -168,8 +182,7 @@ class FloorProcess(WorkerProcess):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--floor-worker", *self.args,
-             str(self.web_port)],
+            [sys.executable, str(Path(__file__).resolve()), *self.args, str(self.web_port)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -184,22 +197,30 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def throughput(
-    bootstrap: str, model: Path, tmp: Path, naive: bool, events: int, n_items: int, floor=False
+    settings: KafkaSettings,
+    model: Path,
+    tmp: Path,
+    naive: bool,
+    events: int,
+    n_items: int,
+    floor=False,
 ) -> tuple[float, float]:
     """Drain rate (answers/s) and answers per CPU-second of the worker process."""
     run = Run.fresh("floor" if floor else "naive" if naive else "batched")
-    await create_topics(bootstrap, run)
+    await create_topics(settings, run)
     source = ClickSource(seed=1, n_items=n_items)
     start = int(time.time() * 1000) - 3_600_000
-    await produce_clicks(bootstrap, run.clicks, [source.message(start + i) for i in range(events)])
+    await produce_clicks(settings, run.clicks, [source.message(start + i) for i in range(events)])
     answers: list = []
-    reader = asyncio.create_task(read_answers(bootstrap, run.recs, events, 900, answers))
+    reader = asyncio.create_task(read_answers(settings, run.recs, events, 900, answers))
     if floor:
-        names = [bootstrap, run.tag, run.clicks, run.recs, str(tmp / run.tag)]
-        worker = FloorProcess(names, tmp / f"{run.tag}.log")
+        properties = str(client_properties(settings, tmp))
+        names = [run.tag, run.clicks, run.recs, str(tmp / run.tag)]
+        argv = ["--kafka-config", properties, "--floor-worker", *names]
+        worker = FloorProcess(argv, tmp / f"{run.tag}.log")
         worker.start()
     else:
-        worker = start_worker(bootstrap, run, model, tmp, naive)
+        worker = start_worker(settings, run, model, tmp, naive)
     cpu_at_first = None
     try:
         while not reader.done():
@@ -217,7 +238,7 @@ async def throughput(
 
 
 async def latency(
-    bootstrap: str,
+    settings: KafkaSettings,
     model: Path,
     tmp: Path,
     naive: bool,
@@ -227,17 +248,17 @@ async def latency(
 ) -> tuple[float, float, float, float]:
     """p50, p95, p99 (ms) and the achieved answer rate at a steady click rate."""
     run = Run.fresh("naive" if naive else "batched")
-    await create_topics(bootstrap, run)
-    worker = start_worker(bootstrap, run, model, tmp, naive)
+    await create_topics(settings, run)
+    worker = start_worker(settings, run, model, tmp, naive)
     try:
         await asyncio.to_thread(worker.wait_ready, 90)
         events = int(rate * seconds)
         answers: list = []
         reader = asyncio.create_task(
-            read_answers(bootstrap, run.recs, events, seconds + 60, answers)
+            read_answers(settings, run.recs, events, seconds + 60, answers)
         )
         source = ClickSource(seed=2, n_items=n_items)
-        await produce_paced(bootstrap, run.clicks, source, rate, events)
+        await produce_paced(settings, run.clicks, source, rate, events)
         await reader
     finally:
         worker.stop()
@@ -249,14 +270,12 @@ async def latency(
     return float(p50), float(p95), float(p99), len(steady) / span
 
 
-async def produce_paced(bootstrap: str, topic: str, source: ClickSource, rate: float, n: int):
+async def produce_paced(
+    settings: KafkaSettings, topic: str, source: ClickSource, rate: float, n: int
+):
     """Clicks stamped with their send time, at `rate` per second (in small bursts of 5 ms)."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1
-    )
-    await producer.start()
+    client = producer(settings, linger_ms=1)
+    await client.start()
     try:
         started = time.monotonic()
         sent = 0
@@ -264,30 +283,36 @@ async def produce_paced(bootstrap: str, topic: str, source: ClickSource, rate: f
             due = min(n, int((time.monotonic() - started) * rate) + 1)
             while sent < due:
                 key, value = source.message(int(time.time() * 1000))
-                await producer.send(topic, value, key=key)
+                await client.send(topic, value, key=key)
                 sent += 1
             await asyncio.sleep(0.005)
-        await producer.flush()
+        await client.flush()
     finally:
-        await producer.stop()
+        await client.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--bootstrap", default=os.environ.get("GRU4STREAM_BOOTSTRAP", "127.0.0.1:9092")
-    )
+    add_kafka_arguments(parser)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--events", type=int, default=30_000, help="backlog per throughput run")
     parser.add_argument("--naive-events", type=int, default=3_000)
     parser.add_argument("--seconds", type=float, default=20.0, help="per latency run")
     parser.add_argument("--catalogue", choices=sorted(CATALOGUES), default="ml-1m")
-    parser.add_argument("--floor-worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except KafkaConfigError as exc:
+        return report_failure(PROG, exc)
     if args.floor_worker:
         *names, port = args.floor_worker
-        floor_worker(*names, web_port=int(port))
+        floor_worker(settings, *names, web_port=int(port))
         return 0
+    try:
+        run_kafka(check_connection(settings), settings)
+    except KafkaSetupError as exc:
+        return report_failure(PROG, exc)
 
     n_items, kind, layers, embedding = CATALOGUES[args.catalogue]
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmpdir:
@@ -310,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             name = "naive" if naive else "batched"
             n = args.naive_events if naive else args.events
             runs = [
-                asyncio.run(throughput(args.bootstrap, model, tmp, naive, n, n_items))
+                asyncio.run(throughput(settings, model, tmp, naive, n, n_items))
                 for _ in range(args.runs)
             ]
             best = statistics.median(r for r, _ in runs)
@@ -326,9 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             for share in (0.5, 0.9):
                 rate = best * share
                 lat = [
-                    asyncio.run(
-                        latency(args.bootstrap, model, tmp, naive, rate, args.seconds, n_items)
-                    )
+                    asyncio.run(latency(settings, model, tmp, naive, rate, args.seconds, n_items))
                     for _ in range(args.runs)
                 ]
                 p50, p95, p99, achieved = (statistics.median(x) for x in zip(*lat, strict=True))
@@ -338,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         floor = [
-            asyncio.run(throughput(args.bootstrap, model, tmp, False, args.events, n_items, True))
+            asyncio.run(throughput(settings, model, tmp, False, args.events, n_items, True))
             for _ in range(args.runs)
         ]
         print(

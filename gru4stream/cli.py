@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("deploy.kafka.broker:main", "start, stop or inspect the local Kafka broker"),
     "produce": ("gru4stream.produce:main", "publish a dataset's clicks to a topic"),
+    "topics": ("gru4stream.topics:main", "create the project's topics on a cluster"),
     "train": ("batch_training.cli:train_main", "train GRU4Rec and export an artifact"),
     "evaluate": ("batch_training.cli:evaluate_main", "evaluate an artifact or a baseline"),
     "publish": ("batch_training.publish:main", "announce a model version on model-updates"),

@@ -1,7 +1,9 @@
 """`gru4stream demo [--quick]`: the whole loop on one machine, end to end.
 
-1. Kafka: uses the broker at --bootstrap, or starts the local development broker (and stops
-   it at the end; a broker that was already running is left alone).
+1. Kafka: uses the cluster the Kafka settings name (`--kafka-config FILE`, `--bootstrap`,
+   `$GRU4STREAM_KAFKA_*`), or, when they name a local plaintext broker that does not answer,
+   starts the local development broker (and stops it at the end; a broker that was already
+   running is left alone).
 2. Trains GRU4Rec v0001 on the first users of MovieLens-1M, writes it to a model registry,
    promotes and publishes it on a model-updates topic.
 3. Starts a worker (`python -m stream_app`, which is `gru4stream worker`, as a subprocess)
@@ -37,7 +39,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from aiokafka.errors import KafkaError
 
+from deploy.kafka.broker import free_port
+from kafka_io.cli import add_kafka_arguments, report_failure, settings_from_args
+from kafka_io.errors import KafkaSetupError, check_connection
+from kafka_io.settings import KafkaConfigError, KafkaSettings, write_properties
+from kafka_io.topics import TopicError
 from schemas.registry import Registry
 from stream_app.replay import (
     LiveResult,
@@ -45,7 +53,6 @@ from stream_app.replay import (
     WorkerProcess,
     delete_topics_with_prefix,
     format_live_table,
-    free_port,
     live_metrics,
     read_answers,
     send_clicks,
@@ -54,6 +61,8 @@ from stream_app.replay import (
 log = logging.getLogger(__name__)
 
 DATASET = "movielens-1m"
+PROG = "gru4stream demo"
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
 @dataclass(frozen=True)
@@ -92,23 +101,30 @@ def say(text: str = "") -> None:
 
 
 @contextlib.contextmanager
-def kafka_broker(bootstrap: str):
-    """Yield the bootstrap address; start the development broker only if none answers."""
-    from deploy.kafka.broker import DEFAULT_PORT, BrokerConfig, probe, start, stop
+def kafka_broker(settings: KafkaSettings):
+    """Yield the settings to use: those given when their cluster answers (KafkaSetupError,
+    one line, when it does not or refuses them), or, when they name a local plaintext broker
+    that does not answer, those of the development broker started here."""
+    from deploy.kafka.broker import BrokerConfig, probe, start, stop
 
-    if probe(bootstrap):
-        say(f"Kafka: using the broker at {bootstrap}")
-        yield bootstrap
+    hosts = settings.hosts
+    local = (
+        settings.security_protocol == "PLAINTEXT" and len(hosts) == 1 and hosts[0][0] in LOCAL_HOSTS
+    )
+    if not local or probe(settings.bootstrap_servers):
+        asyncio.run(check_connection(settings))  # names a wrong address, CA file or password
+        say(f"Kafka: using {settings.describe()}")
+        yield settings
         return
-    host, _, port = bootstrap.rpartition(":")
-    if host not in ("127.0.0.1", "localhost"):
-        raise RuntimeError(f"no Kafka broker answers at {bootstrap}")
-    config = BrokerConfig(port=int(port or DEFAULT_PORT))
-    say(f"Kafka: no broker at {bootstrap}; starting the local one (first start fetches jars)")
+    config = BrokerConfig(port=hosts[0][1])
+    say(
+        f"Kafka: no broker at {settings.bootstrap_servers}; starting the local one "
+        "(first start fetches jars)"
+    )
     info = start(config)
     say(f"Kafka: started {info.version} on {info.bootstrap} (pid {info.pid})")
     try:
-        yield info.bootstrap
+        yield replace(settings, bootstrap_servers=info.bootstrap)
     finally:
         stop(config)
         say("Kafka: stopped the broker this demo started")
@@ -127,8 +143,8 @@ class DemoTopics:
         return cls(f"{base}-clicks", f"{base}-recommendations", f"{base}-dlq", f"{base}-updates")
 
 
-def create_topics(bootstrap: str, topics: DemoTopics) -> None:
-    from deploy.kafka.admin import create_topics as create
+def create_topics(settings: KafkaSettings, topics: DemoTopics) -> None:
+    from kafka_io.topics import create_topics as create
     from schemas.topics import CLICKS, CLICKS_DLQ, MODEL_UPDATES, RECOMMENDATIONS, spec_named
 
     specs = [
@@ -137,13 +153,13 @@ def create_topics(bootstrap: str, topics: DemoTopics) -> None:
         spec_named(topics.dlq, CLICKS_DLQ),
         spec_named(topics.model_updates, MODEL_UPDATES),
     ]
-    asyncio.run(create(bootstrap, specs))
+    asyncio.run(create(settings, specs))
 
 
-def delete_topics(bootstrap: str, prefix: str) -> None:
+def delete_topics(settings: KafkaSettings, prefix: str) -> None:
     """Delete the demo's topics, the worker's changelog topics included (same prefix)."""
     try:
-        asyncio.run(delete_topics_with_prefix(bootstrap, prefix))
+        asyncio.run(delete_topics_with_prefix(settings, prefix))
     except Exception as exc:  # noqa: BLE001 - leftovers are harmless, say so and go on
         say(f"(could not delete the demo topics: {exc})")
 
@@ -192,11 +208,12 @@ def train_version(
     return name, metrics, time.perf_counter() - started
 
 
-def publish(bootstrap: str, registry: Registry, version: str, topic: str) -> None:
+def publish(settings: KafkaSettings, registry: Registry, version: str, topic: str) -> None:
     from batch_training.publish import publish_artifact
 
-    asyncio.run(publish_artifact(bootstrap, registry.path(version), topic=topic))
+    # Promoted first: the worker (--registry) refuses an announced version not promoted.
     registry.promote(version, "demo")
+    asyncio.run(publish_artifact(settings, registry.path(version), topic=topic))
 
 
 # --- streaming ---------------------------------------------------------------------------------
@@ -290,11 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="broker + training + worker + live stream + hot swap, end to end",
     )
     parser.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
-    parser.add_argument(
-        "--bootstrap",
-        default=os.environ.get("GRU4STREAM_BOOTSTRAP", "127.0.0.1:9092"),
-        help="Kafka broker; the local one is started when nothing answers there",
-    )
     parser.add_argument("--workdir", type=Path, help="registry and worker data (default: temp)")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete demo topics")
     sizes = parser.add_argument_group("sizes (override the --quick or full configuration)")
@@ -305,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):  # fmt: skip
         sizes.add_argument("--" + field_name.replace("_", "-"), type=kind, default=None)
     sizes.add_argument("--preset", default=None, help="training preset (default quick)")
+    add_kafka_arguments(parser)  # a local plaintext address that does not answer: started here
     return parser
 
 
@@ -326,15 +339,15 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     return config
 
 
-def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) -> int:
+def run(config: DemoConfig, settings: KafkaSettings, workdir: Path, keep_topics: bool) -> int:
     run_id = uuid.uuid4().hex[:8]
     topics = DemoTopics.fresh(run_id)
     registry = Registry(workdir / "models")
     progress = sys.stderr.isatty()
     t_start = time.perf_counter()
     say(f"gru4stream demo {run_id}: work directory {workdir}")
-    with kafka_broker(bootstrap) as bootstrap:
-        create_topics(bootstrap, topics)
+    with kafka_broker(settings) as settings:
+        create_topics(settings, topics)
         worker = None
         ok = False
         try:
@@ -348,7 +361,7 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
                 epochs=config.v1_epochs,
                 progress=progress,
             )
-            publish(bootstrap, registry, v1, topics.model_updates)
+            publish(settings, registry, v1, topics.model_updates)
             say(f"      {v1}: offline recall@20 {m1['recall@20']:.3f}, MRR@20 {m1['mrr@20']:.3f} "
                 f"(each user's last item), {s1:.0f} s; promoted and published")  # fmt: skip
 
@@ -356,10 +369,12 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
             say(
                 f"\n[2/6] Starting a worker (web http://127.0.0.1:{port}, log {workdir}/worker.log)"
             )
+            # The worker connects as the demo does (credentials in a 0600 file, not argv).
+            properties = write_properties(settings, workdir / "worker-client.properties")
             worker = WorkerProcess(
                 [
-                    "--bootstrap",
-                    bootstrap,
+                    "--kafka-config",
+                    str(properties),
                     "--registry",
                     str(registry.root),
                     "--app-id",
@@ -397,7 +412,7 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
                 f"{len(stream)} clicks at {config.rate:g}/s, first half")  # fmt: skip
             sent = asyncio.run(
                 send_clicks(
-                    bootstrap,
+                    settings,
                     topics.clicks,
                     stream[:half],
                     config.rate,
@@ -416,7 +431,7 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
                 progress=progress,
             )
             published_at = time.monotonic()
-            publish(bootstrap, registry, v2, topics.model_updates)
+            publish(settings, registry, v2, topics.model_updates)
             worker.wait_until("swap to " + v2, lambda status, b: b.get("version") == v2, 120)
             say(f"      {v2}: offline recall@20 {m2['recall@20']:.3f}, MRR@20 {m2['mrr@20']:.3f}, "
                 f"{s2:.0f} s; published, worker swapped in "
@@ -425,7 +440,7 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
             say(f"\n[5/6] Streaming the second half ({len(stream) - half} clicks)")
             sent += asyncio.run(
                 send_clicks(
-                    bootstrap,
+                    settings,
                     topics.clicks,
                     stream[half:],
                     config.rate,
@@ -434,7 +449,7 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
                 )
             )
             answers = asyncio.run(
-                read_answers(bootstrap, topics.recommendations, len(sent), timeout_s=120)
+                read_answers(settings, topics.recommendations, len(sent), timeout_s=120)
             )
 
             say(f"\n[6/6] Results: {len(answers)} answers to {len(sent)} clicks")
@@ -456,8 +471,9 @@ def run(config: DemoConfig, bootstrap: str, workdir: Path, keep_topics: bool) ->
             if worker is not None:
                 worker.stop()
                 say("Worker stopped.")
+            (workdir / "worker-client.properties").unlink(missing_ok=True)
             if not keep_topics:
-                delete_topics(bootstrap, f"demo-{run_id}")
+                delete_topics(settings, f"demo-{run_id}")
     say(f"Done in {time.perf_counter() - t_start:.0f} s.")
     return 0 if ok else 1
 
@@ -469,14 +485,20 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        settings = settings_from_args(args)
+    except KafkaConfigError as exc:
+        return report_failure(PROG, exc)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gru4stream-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        return run(config, args.bootstrap, workdir, args.keep_topics)
+        return run(config, settings, workdir, args.keep_topics)
     except KeyboardInterrupt:
         say("\ninterrupted; everything the demo started is stopped")
         return 130
+    except (KafkaSetupError, TopicError, KafkaError) as exc:  # the cluster, in one line
+        return report_failure(PROG, exc, settings)
     except Exception as exc:  # the demo is the first command people run: say what failed
         log.debug("demo failed", exc_info=True)
         print(f"gru4stream demo: failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -22,24 +22,24 @@ Time policy (`--time-mode`):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-from tqdm import tqdm
-
+from kafka_io.cli import add_kafka_arguments, report_failure, run_kafka, settings_from_args
+from kafka_io.errors import KafkaSetupError, check_connection
+from kafka_io.send import send_messages
+from kafka_io.settings import KafkaConfigError, KafkaSettings
+from kafka_io.topics import create_topics
 from schemas.events import ClickEvent, ValidationError, encode_click, validate_click
+from schemas.topics import CLICKS, spec_named
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+PROG = "gru4stream produce"
 TIME_MODES = ("shift", "keep")
 MAX_KEPT_ERRORS = 100
 
@@ -64,7 +64,7 @@ def align_times(
 
 async def publish_events(
     events: Iterable[ClickEvent],
-    bootstrap: str,
+    settings: KafkaSettings,
     topic: str = "clicks",
     *,
     rate: float | None = None,
@@ -78,79 +78,51 @@ async def publish_events(
     `rate` limits the pace to that many events per second (None: as fast as the broker takes
     them). Failed sends and contract violations are counted, never raised: their reasons are
     logged and, when `errors` is given, the first 100 are appended to it. A broker that cannot
-    be reached raises `aiokafka.errors.KafkaError`.
+    be reached raises `aiokafka.errors.KafkaError`. The topic is created with the settings of
+    `clicks` when it is missing (unless `create_topic` is false).
     """
     if create_topic:
-        await _ensure_clicks_topic(bootstrap, topic)
+        await create_topics(settings, [spec_named(topic, CLICKS)])
     if total is None and isinstance(events, Sequence):
         total = len(events)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        request_timeout_ms=30_000,
-    )
-    await producer.start()
-    counts = {"sent": 0, "failed": 0}
-    bar = tqdm(total=total, unit="click", desc=f"producing to {topic}", disable=not progress)
-    pending: set[asyncio.Future] = set()
+    failures = 0
 
     def failed(reason: str) -> None:
-        counts["failed"] += 1
+        nonlocal failures
+        failures += 1
         if errors is not None and len(errors) < MAX_KEPT_ERRORS:
             errors.append(reason)
-        if counts["failed"] <= 5:
+        if failures <= 5:
             log.warning("not published: %s", reason)
-        bar.update(1)
 
-    def done(fut: asyncio.Future) -> None:
-        pending.discard(fut)
-        if fut.cancelled() or fut.exception() is not None:
-            failed(f"delivery failed: {fut.exception() if not fut.cancelled() else 'cancelled'}")
-        else:
-            counts["sent"] += 1
-            bar.update(1)
-
-    start = time.monotonic()
     now_ms = int(time.time() * 1000)
-    try:
+
+    def valid_messages() -> Iterator[tuple[bytes, bytes, int]]:
         for i, event in enumerate(events):
-            if rate:
-                ahead = start + i / rate - time.monotonic()
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
             try:
                 validate_click(event.to_dict(), now_ms=now_ms)
             except ValidationError as exc:
                 failed(f"event {i} ({event.session_id!r}): {exc}")
                 continue
-            fut = await producer.send(
-                topic,
-                encode_click(event),
-                key=event.session_id.encode(),
-                timestamp_ms=event.timestamp,
-            )
-            pending.add(fut)
-            fut.add_done_callback(done)
-        await producer.flush()
-        if pending:
-            await asyncio.wait(set(pending))
-    finally:
-        await producer.stop()
-        bar.close()
-    return PublishResult(counts["sent"], counts["failed"])
+            yield event.session_id.encode(), encode_click(event), event.timestamp
 
-
-async def _ensure_clicks_topic(bootstrap: str, topic: str) -> None:
-    # deploy.kafka.admin is imported here so that `publish_events(create_topic=False)` needs
-    # nothing but aiokafka.
-    from deploy.kafka.admin import create_topics
-    from schemas.topics import CLICKS, spec_named
-
-    created = await create_topics(bootstrap, [spec_named(topic, CLICKS)])
-    if created:
-        log.info("created topic %s with the settings of %s", topic, CLICKS.name)
+    results = await send_messages(
+        settings,
+        topic,
+        valid_messages(),
+        rate=rate,
+        total=total,
+        desc=f"producing to {topic}",
+        progress=progress,
+        request_timeout_ms=30_000,
+    )
+    sent = 0
+    for result in results:
+        if isinstance(result, BaseException):
+            failed(f"delivery failed: {result}")
+        else:
+            sent += 1
+    return PublishResult(sent, failures)
 
 
 def load_events(args: argparse.Namespace) -> list[ClickEvent]:
@@ -195,11 +167,6 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--dataset", choices=DATASET_NAMES, help="a dataset under the datasets root")
     src.add_argument("--file", help="a CSV/TSV (optionally .gz) or Parquet file of clicks")
     p.add_argument("--topic", default="clicks", help="target topic (default: clicks)")
-    p.add_argument(
-        "--bootstrap",
-        default=os.environ.get("GRU4STREAM_BOOTSTRAP", DEFAULT_BOOTSTRAP),
-        help="broker host:port (default: $GRU4STREAM_BOOTSTRAP or 127.0.0.1:9092)",
-    )
     p.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
     p.add_argument("--limit", type=int, default=None, help="publish only the first N events")
     p.add_argument("--time-mode", choices=TIME_MODES, default="shift", help="see below")
@@ -210,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--time-col", default="timestamp")
     f.add_argument("--sep", default=None, help="field separator (default: guessed)")
     f.add_argument("--time-unit", choices=("ms", "s", "iso"), default="ms")
+    add_kafka_arguments(p)
     return p
 
 
@@ -221,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 0:
         print("gru4stream produce: error: --limit must not be negative", file=sys.stderr)
         return 2
+    try:
+        settings = settings_from_args(args)
+    except KafkaConfigError as exc:
+        return report_failure(PROG, exc)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # aiokafka logs each failed connection attempt; the one-line error below says it once.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -231,25 +203,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     errors: list[str] = []
     try:
-        result = asyncio.run(
+        run_kafka(check_connection(settings), settings)
+        result = run_kafka(
             publish_events(
                 events,
-                args.bootstrap,
+                settings,
                 args.topic,
                 rate=args.rate,
                 progress=not args.no_progress,
                 errors=errors,
-            )
+            ),
+            settings,
         )
-    except (KafkaError, OSError, RuntimeError) as exc:
-        reason = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
-        print(f"gru4stream produce: error: broker {args.bootstrap}: {reason}", file=sys.stderr)
-        return 1
+    except KafkaSetupError as exc:
+        return report_failure(PROG, exc)
     except KeyboardInterrupt:
         return 130
     first, last = _time_span(events)
     print(
-        f"sent {result.sent} clicks to {args.topic} on {args.bootstrap}, failed {result.failed}"
+        f"sent {result.sent} clicks to {args.topic} on {settings.bootstrap_servers}, "
+        f"failed {result.failed}"
         f" (timestamps {first} .. {last}, time mode {args.time_mode})"
     )
     if errors:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Coroutine
-from pathlib import Path
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
@@ -25,6 +24,7 @@ KAFKA_FAILURES: tuple[type[BaseException], ...] = (
 )
 
 T = TypeVar("T")
+SECRET_SETTINGS = ("sasl.password", "ssl.key.password", "sasl.jaas.config")
 
 
 def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,19 +63,6 @@ def settings_from_args(args: argparse.Namespace) -> KafkaSettings:
     return load_settings(args.kafka_config, overrides)
 
 
-def kafka_argv(args: argparse.Namespace) -> list[str]:
-    """The Kafka options given to this command, for a child command it starts (a worker): the
-    child reads the same file and environment, so passwords never go on its command line."""
-    argv: list[str] = []
-    if args.kafka_config:
-        argv += ["--kafka-config", str(Path(args.kafka_config).resolve())]
-    if args.bootstrap:
-        argv += ["--bootstrap", args.bootstrap]
-    for item in args.kafka_set:
-        argv += ["--kafka-set", item]
-    return argv
-
-
 def failure_text(exc: BaseException, settings: KafkaSettings | None) -> str:
     """One line for a failure of a command's Kafka work: the setting at fault or what to check;
     never a password."""
@@ -101,3 +88,26 @@ def run_kafka(main: Coroutine[Any, Any, T], settings: KafkaSettings) -> T:
         raise
     except KAFKA_FAILURES as exc:
         raise KafkaSetupError(failure_text(exc, settings)) from exc
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` with the values of secret `--kafka-set` settings masked: the command line as it
+    may be recorded (metrics.json) or printed."""
+    out: list[str] = []
+    value_next = False
+    for arg in argv:
+        flag, eq, rest = arg.partition("=")
+        is_flag = len(flag) >= len("--kafka-s") and "--kafka-set".startswith(flag)  # abbrev.
+        if value_next:
+            out.append(_redact_assignment(arg))
+        elif is_flag and eq:
+            out.append(f"{flag}={_redact_assignment(rest)}")
+        else:
+            out.append(arg)
+        value_next = is_flag and not eq
+    return out
+
+
+def _redact_assignment(item: str) -> str:
+    key, sep, _ = item.partition("=")
+    return f"{key}=***" if sep and key.strip() in SECRET_SETTINGS else item

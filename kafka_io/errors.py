@@ -60,8 +60,9 @@ def explain(exc: BaseException, settings: KafkaSettings, where: str | None = Non
             f"check ssl.ca.location ({settings.ssl_ca_location or 'system CAs'})"
         )
     if isinstance(exc, ssl.SSLError):
+        reason = getattr(exc, "reason", None) or exc  # set only on errors raised by ssl itself
         return (
-            f"{where}: TLS handshake failed ({exc.reason or exc}); is this a TLS port? "
+            f"{where}: TLS handshake failed ({reason}); is this a TLS port? "
             f"check security.protocol ({settings.security_protocol}) and ssl.* settings"
         )
     if isinstance(exc, kerrors.SaslAuthenticationFailed):
@@ -107,4 +108,6 @@ _DENIED = (
 
 def _name(exc: BaseException) -> str:
     text = str(exc).strip()
+    if text.startswith(type(exc).__name__):  # aiokafka's errors name themselves
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

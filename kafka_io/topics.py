@@ -25,6 +25,7 @@ from schemas.topics import TopicSpec
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
+TOPIC_AUTHORIZATION_FAILED = 29
 BROKER_DEFAULT = -1
 
 
@@ -66,12 +67,18 @@ async def create_topics(
                     created.append(name)
                 elif code != TOPIC_ALREADY_EXISTS:  # another process created it meanwhile
                     message = rest[0] if rest and rest[0] else for_code(code).__name__
+                    if code == TOPIC_AUTHORIZATION_FAILED:  # name who lacks which ACL
+                        message = f"{_principal(settings)} is not allowed to CREATE it (ACL denied)"
                     raise TopicError(f"creating topic {name!r} failed: {message}")
             if created:
                 log.info("created topics %s", created)
         return await _wait_for_leaders(client, [s.name for s in specs], timeout_s)
     finally:
         await client.close()
+
+
+def _principal(settings: KafkaSettings) -> str:
+    return f"principal User:{settings.sasl_username}" if settings.uses_sasl else "this client"
 
 
 async def _wait_for_leaders(client, names: list[str], timeout_s: float) -> dict[str, int]:

@@ -26,8 +26,11 @@ so it does not change the ranking and is left out).
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +44,27 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.npz"
 ITEMS = "items.json"
 INPUT_KINDS = ("shared", "embedding", "onehot")
+# Why a worker refused a model: the `reason` label of its refusal counter (a fixed set, so
+# the metric's cardinality stays bounded whatever the announcements say).
+REFUSAL_REASONS = (
+    "outside_registry",  # not ROOT/<version> of the worker's registry once resolved
+    "not_promoted",  # a version the registry never promoted (a rejected candidate)
+    "symlink",  # the artifact directory or one of its files is a symbolic link
+    "checksum",  # bytes that do not match the manifest or the announced checksum
+    "signature",  # missing or wrong HMAC with --model-key-file
+    "invalid",  # anything else: missing or malformed files, shapes, version mismatch
+)
 
 
 class ArtifactError(ValueError):
-    """An artifact that cannot be served: says what is wrong and where."""
+    """An artifact that cannot be served: says what is wrong and where.
+
+    `reason` is one of REFUSAL_REASONS, for counting refusals by kind.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason if reason in REFUSAL_REASONS else "invalid"
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,7 @@ class Artifact:
     manifest: Manifest
     weights: dict[str, np.ndarray]
     items: tuple[str, ...]
+    manifest_sha256: str = ""  # of the manifest bytes read (what an announcement carries)
 
     @property
     def version(self) -> str:
@@ -203,43 +224,121 @@ def manifest_checksum(directory: str | os.PathLike[str]) -> str:
     return sha256_file(Path(directory) / MANIFEST)
 
 
-def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no manifest (not an artifact directory?)")
+def _open_dir(root: Path, follow_symlinks: bool) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
     try:
-        data = orjson.loads(path.read_bytes())
+        return os.open(root, flags)
+    except FileNotFoundError:
+        raise ArtifactError(f"{root}: no such directory, so no {MANIFEST}") from None
+    except OSError as exc:
+        if not follow_symlinks and os.path.islink(root):
+            raise ArtifactError(
+                f"{root}: is a symbolic link; an artifact must be a real directory", "symlink"
+            ) from None
+        if exc.errno == errno.ENOTDIR:
+            raise ArtifactError(f"{root}: not a directory, so no {MANIFEST}") from None
+        raise ArtifactError(f"{root}: cannot open: {exc.strerror}") from None
+
+
+def _read_file(dir_fd: int, root: Path, name: str, follow_symlinks: bool) -> bytes:
+    """One artifact file's bytes, read once; only a regular file (never a FIFO or device)."""
+    path = root / name
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if name == MANIFEST:
+            raise ArtifactError(f"{path}: no {MANIFEST} (not an artifact directory?)") from None
+        raise ArtifactError(f"{path}: missing") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise ArtifactError(
+                f"{path}: is a symbolic link; artifact files must be regular files", "symlink"
+            ) from None
+        raise ArtifactError(f"{path}: cannot open: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ArtifactError(f"{path}: not a regular file")
+        return f.read()
+
+
+def _parse_manifest(data: bytes, path: Path) -> Manifest:
+    try:
+        decoded = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
+    if not isinstance(decoded, dict):
         raise ArtifactError(f"{path}: must be a JSON object")
-    return Manifest.from_dict(data, where=str(path))
+    return Manifest.from_dict(decoded, where=str(path))
 
 
-def read_artifact(directory: str | os.PathLike[str]) -> Artifact:
-    """Load and verify an artifact: checksums, shapes, finiteness, vocabulary."""
+def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     root = Path(directory)
-    manifest = read_manifest(root)
-    for name in (WEIGHTS, ITEMS):
-        path = root / name
-        if not path.is_file():
-            raise ArtifactError(f"{path}: missing")
-        want = manifest.files.get(name)
-        if want is None:
-            raise ArtifactError(f"{root / MANIFEST}: no checksum recorded for {name}")
-        got = sha256_file(path)
-        if got != want:
-            raise ArtifactError(
-                f"{path}: sha256 {got[:12]}... does not match the manifest's {want[:12]}..."
-            )
+    dir_fd = _open_dir(root, follow_symlinks=True)
     try:
-        with np.load(root / WEIGHTS, allow_pickle=False) as npz:
+        data = _read_file(dir_fd, root, MANIFEST, follow_symlinks=True)
+    finally:
+        os.close(dir_fd)
+    return _parse_manifest(data, root / MANIFEST)
+
+
+def read_artifact(
+    directory: str | os.PathLike[str],
+    *,
+    manifest_sha256: str | None = None,
+    follow_symlinks: bool = True,
+) -> Artifact:
+    """Load and verify an artifact: checksums, shapes, finiteness, vocabulary.
+
+    Each file is read once into memory, and the bytes whose sha256 was checked are the
+    bytes parsed: a file swapped between the check and the load cannot slip in.
+    `manifest_sha256` (an announcement's checksum) must then match the manifest's bytes.
+    `follow_symlinks=False` refuses a symlinked directory or file (what a worker loads
+    from an announcement), so a link cannot point it outside the registry.
+    """
+    root = Path(directory)
+    dir_fd = _open_dir(root, follow_symlinks)
+    blobs: dict[str, bytes] = {}
+    try:
+        raw_manifest = _read_file(dir_fd, root, MANIFEST, follow_symlinks)
+        if manifest_sha256 is not None:
+            got = hashlib.sha256(raw_manifest).hexdigest()
+            if got != manifest_sha256:
+                raise ArtifactError(
+                    f"{root / MANIFEST}: sha256 {got[:12]}... does not match the announced "
+                    f"checksum {manifest_sha256[:12]}...",
+                    "checksum",
+                )
+        manifest = _parse_manifest(raw_manifest, root / MANIFEST)
+        for name in (WEIGHTS, ITEMS):
+            data = _read_file(dir_fd, root, name, follow_symlinks)
+            want = manifest.files.get(name)
+            if want is None:
+                raise ArtifactError(f"{root / MANIFEST}: no checksum recorded for {name}")
+            got = hashlib.sha256(data).hexdigest()
+            if got != want:
+                raise ArtifactError(
+                    f"{root / name}: sha256 {got[:12]}... does not match the manifest's "
+                    f"{want[:12]}...",
+                    "checksum",
+                )
+            blobs[name] = data
+    finally:
+        os.close(dir_fd)
+    try:
+        with np.load(io.BytesIO(blobs.pop(WEIGHTS)), allow_pickle=False) as npz:
             weights = {name: npz[name] for name in npz.files}
     except Exception as exc:  # any decoding failure means a bad file
         raise ArtifactError(f"{root / WEIGHTS}: unreadable: {exc}") from None
     _check_weights(manifest, weights, str(root / WEIGHTS))
     try:
-        items = orjson.loads((root / ITEMS).read_bytes())
+        items = orjson.loads(blobs.pop(ITEMS))
     except orjson.JSONDecodeError as exc:
         raise ArtifactError(f"{root / ITEMS}: not valid JSON: {exc}") from None
-    return Artifact(root, manifest, weights, _check_items(manifest, items, str(root / ITEMS)))
+    items = _check_items(manifest, items, str(root / ITEMS))
+    return Artifact(root, manifest, weights, items, hashlib.sha256(raw_manifest).hexdigest())

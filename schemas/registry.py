@@ -14,6 +14,12 @@ the second rename fail instead of mixing files.
 
 The interface is deliberately small (list, locate, add, promote, record) so that an object
 store can stand behind it later without touching the trainer or the workers.
+
+Workers started with `--registry` serve only versions this registry has promoted at some
+time (`was_promoted`: the pointer or a "promote" line of the log), so a version must be
+promoted before it is announced. A candidate the gate rejected gets there only when an
+operator forces it (`gru4stream publish VERSION --registry ROOT --force`), which the log
+records.
 """
 
 from __future__ import annotations
@@ -128,9 +134,10 @@ class Registry:
         return str(self.path(version).resolve())
 
     def load(self, version: str) -> Artifact:
-        """Read and verify a stored artifact (checksums, shapes, vocabulary)."""
+        """Read and verify a stored artifact (checksums, shapes, vocabulary; no symlinks,
+        which a worker would refuse)."""
         path = self.path(version)
-        artifact = read_artifact(path)
+        artifact = read_artifact(path, follow_symlinks=False)
         if artifact.manifest.version != version:
             raise ArtifactError(
                 f"{path / MANIFEST}: says version {artifact.manifest.version!r}, "
@@ -166,13 +173,16 @@ class Registry:
 
     # --- promotion ---------------------------------------------------------------------------
 
-    def promote(self, version: str, reason: str = "promoted") -> None:
-        """Make `version` the one workers should serve (also how an operator rolls back)."""
+    def promote(self, version: str, reason: str = "promoted", **details: Any) -> None:
+        """Make `version` the one workers should serve (also how an operator rolls back).
+
+        `details` go to the log line (e.g. `forced=True` for a candidate the gate rejected).
+        """
         self.load(version)  # never point at a corrupt or missing artifact
         at = _now_ms()
         pointer = {"version": version, "at": at, "reason": reason}
         _write_atomic(self.root / PROMOTED, orjson.dumps(pointer))
-        self._append(Decision("promote", version, at, reason, {}, {}))
+        self._append(Decision("promote", version, at, reason, {}, details))
 
     def promoted(self) -> str | None:
         """The promoted version, or None when nothing was promoted yet."""
@@ -187,6 +197,24 @@ class Registry:
         if not isinstance(version, str) or not is_version_name(version):
             raise ArtifactError(f"{path}: {version!r} is not a version name")
         return version
+
+    def was_promoted(self, version: str) -> bool:
+        """Whether `version` is or ever was the promoted one (pointer, then the log).
+
+        This is what a worker with `--registry` requires of anything it loads: rolling back
+        to an older promoted version stays possible, a candidate never promoted does not.
+        """
+        if not is_version_name(version):
+            return False
+        if self.promoted() == version:
+            return True
+        return any(d.event == "promote" and d.version == version for d in self.decisions())
+
+    def gate_decision(self, version: str) -> str | None:
+        """The promotion gate's last word on a candidate ("promoted", "rejected", ...), or
+        None for a version that never went through it (added by hand)."""
+        decisions = [d for d in self.decisions() if d.event == "candidate" and d.version == version]
+        return decisions[-1].decision if decisions else None
 
     # --- decision log --------------------------------------------------------------------------
 

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+
+from kafka_io.send import send_messages
+from kafka_io.settings import KafkaSettings, load_settings
 
 
 def free_port() -> int:
@@ -37,13 +39,14 @@ class WorkerProcess:
     web_port: int = field(default_factory=free_port)
     env: dict[str, str] | None = None
     proc: subprocess.Popen | None = None
+    module: str = "stream_app"  # `python -m MODULE ARGS` (tests run patched workers too)
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(self.env or {})}
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_app", *self.args, "--web-port", str(self.web_port)],
+            [sys.executable, "-m", self.module, *self.args, "--web-port", str(self.web_port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -126,39 +129,39 @@ def click_message(session_id: str, item_id: str, timestamp: int) -> tuple[bytes,
     return session_id.encode(), value
 
 
+def kafka_settings(kafka: KafkaSettings | str) -> KafkaSettings:
+    """Settings as given, or those of a plaintext broker at a bare HOST:PORT."""
+    if isinstance(kafka, KafkaSettings):
+        return kafka
+    return load_settings(overrides={"bootstrap.servers": kafka}, environ={})
+
+
 async def produce_clicks(
-    bootstrap: str,
+    kafka: KafkaSettings | str,
     topic: str,
     messages: Sequence[tuple[bytes | None, bytes | None]],
     *,
     rate: float | None = None,
 ) -> list[tuple[int, int]]:
-    """Publish (key, value) pairs in order, at `rate` per second if given; (partition, offset)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+    """Publish (key, value) pairs in order, at `rate` per second if given; (partition, offset).
+    A failed delivery raises."""
+    results = await send_messages(
+        kafka_settings(kafka), topic, messages, rate=rate, linger_ms=2, max_request_size=2**21
     )
-    await producer.start()
-    try:
-        started = time.monotonic()
-        futures = []
-        for i, (key, value) in enumerate(messages):
-            if rate:
-                delay = started + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            futures.append(await producer.send(topic, value, key=key))
-        metas = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return [(m.partition, m.offset) for m in metas]
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [(m.partition, m.offset) for m in results]
 
 
 class BackgroundProducer(threading.Thread):
     """`produce_clicks` in a thread of its own; `join()` then read `.positions`."""
 
-    def __init__(self, bootstrap: str, topic: str, messages, *, rate: float | None = None):
+    def __init__(
+        self, kafka: KafkaSettings | str, topic: str, messages, *, rate: float | None = None
+    ):
         super().__init__(daemon=True)
-        self.args = (bootstrap, topic, list(messages))
+        self.args = (kafka, topic, list(messages))
         self.rate = rate
         self.positions: list[tuple[int, int]] = []
         self.error: BaseException | None = None

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from schemas.artifact import REFUSAL_REASONS
+
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
@@ -63,8 +65,13 @@ class WorkerMetrics:
         )
         self.model_swaps = Counter("gru4stream_model_swaps", "Models loaded and served", registry=r)
         self.model_refusals = Counter(
-            "gru4stream_model_refusals", "Model artifacts refused (corrupt, mismatched)", registry=r
+            "gru4stream_model_refusals",
+            "Model announcements refused, by reason (corrupt, untrusted, mismatched)",
+            ["reason"],
+            registry=r,
         )
+        for reason in REFUSAL_REASONS:  # every series exists from the start, at 0
+            self.model_refusals.labels(reason=reason)
         self.model_loaded_at = Gauge(
             "gru4stream_model_loaded_timestamp_seconds",
             "When the serving model was loaded",

@@ -8,7 +8,9 @@ loop; the swap itself is one reference assignment, and the agent reads that refe
 per micro-batch, so a batch is always answered by one model and swaps fall between batches.
 
 A refused artifact (checksum, shapes, vocabulary, manifest checksum or version not matching
-the announcement) is logged with its reason and counted; the serving model stays.
+the announcement; and what stream_app/trust.py refuses: outside the registry, never
+promoted, symlinks, a bad signature) is logged with its reason and counted by kind; the
+serving model stays.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from schemas.artifact import ArtifactError, manifest_checksum, read_artifact
+from kafka_io.clients import consumer
+from kafka_io.settings import KafkaSettings
+from schemas.artifact import MANIFEST, ArtifactError, read_artifact
 from schemas.events import ModelUpdate, ValidationError, decode_model_update
 from stream_app.inference import ServingModel
+from stream_app.trust import TrustPolicy
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +45,36 @@ def artifact_path(uri: str) -> Path:
 
 
 def load_model(
-    path: str | Path, update: ModelUpdate | None = None, **options: object
+    path: str | Path,
+    update: ModelUpdate | None = None,
+    *,
+    trust: TrustPolicy | None = None,
+    **options: object,
 ) -> ServingModel:
-    """Read, verify and index an artifact; ArtifactError says what is wrong and where."""
+    """Read, verify and index an artifact; ArtifactError says what is wrong and where (and
+    its `reason`, the kind of refusal).
+
+    An announced artifact (`update`) is read without following symlinks, and its manifest
+    must hash to the announced checksum. `trust` adds the signature check and, with a
+    registry, confines loading to promoted versions of it (also for the model given at
+    start); without a registry and an update, a directory is read as it is.
+    """
     path = Path(path)
-    if update is not None:
-        if not (path / "manifest.json").is_file():
-            raise ArtifactError(f"{path}: no manifest.json (announced as {update.version})")
-        got = manifest_checksum(path)
-        if got != update.checksum:
-            raise ArtifactError(
-                f"{path / 'manifest.json'}: sha256 {got[:12]}... does not match the "
-                f"announced checksum {update.checksum[:12]}..."
-            )
-    artifact = read_artifact(path)
-    if update is not None and artifact.manifest.version != update.version:
+    version = None if update is None else update.version
+    in_registry = trust is not None and trust.registry is not None
+    if trust is not None and update is not None:
+        trust.check_signature(update)
+    if trust is not None and trust.registry is not None:
+        path, version = trust.registry_dir(path, version)
+    artifact = read_artifact(
+        path,
+        manifest_sha256=None if update is None else update.checksum,
+        follow_symlinks=update is None and not in_registry,
+    )
+    if version is not None and artifact.manifest.version != version:
+        said = "announced as" if update is not None else "stored as"
         raise ArtifactError(
-            f"{path / 'manifest.json'}: version {artifact.manifest.version!r}, "
-            f"announced as {update.version!r}"
+            f"{path / MANIFEST}: version {artifact.manifest.version!r}, {said} {version!r}"
         )
     return ServingModel.from_artifact(artifact, **options)
 
@@ -68,6 +85,7 @@ class SwapRecord:
     at: float  # epoch seconds
     outcome: str  # "loaded" or "refused"
     reason: str = ""
+    code: str = ""  # a refusal's kind, one of schemas.artifact.REFUSAL_REASONS
 
 
 class ModelHolder:
@@ -91,10 +109,10 @@ class ModelHolder:
             f", replacing {previous.version}" if previous else "",
         )
 
-    def refuse(self, version: str, reason: str) -> None:
-        self._record(SwapRecord(version, time.time(), "refused", reason))
+    def refuse(self, version: str, reason: str, code: str = "invalid") -> None:
+        self._record(SwapRecord(version, time.time(), "refused", reason, code))
         serving = self.model.version if self.model else "none"
-        log.error("model %s refused, still serving %s: %s", version, serving, reason)
+        log.error("model %s refused (%s), still serving %s: %s", version, code, serving, reason)
 
     def _record(self, record: SwapRecord) -> None:
         self.history.append(record)
@@ -108,47 +126,45 @@ class ModelUpdateFollower:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaSettings,
         topic: str,
         holder: ModelHolder,
         executor: Executor,
         serving_options: dict[str, object] | None = None,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.topic = topic
         self.holder = holder
         self.executor = executor
         self.serving_options = dict(serving_options or {})
         self.caught_up = asyncio.Event()
+        # What announcements must satisfy (registry, signature); the runtime sets it from
+        # the worker's options. The default checks symlinks and checksums only.
+        self.trust = TrustPolicy()
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
+        client = consumer(self.kafka, group_id=None)
+        await client.start()
         try:
             tp = TopicPartition(self.topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
+            client.assign([tp])
+            await client.seek_to_beginning(tp)
+            end = (await client.end_offsets([tp]))[tp]
             backlog: list[ModelUpdate] = []
-            while await consumer.position(tp) < end:
-                for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+            while await client.position(tp) < end:
+                for record in (await client.getmany(tp, timeout_ms=500)).get(tp, []):
                     update = self._parse(record.value, record.offset)
                     if update is not None:
                         backlog.append(update)
             await self._apply_newest(backlog)
             self.caught_up.set()
             while True:
-                for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                for record in (await client.getmany(tp, timeout_ms=1000)).get(tp, []):
                     update = self._parse(record.value, record.offset)
                     if update is not None:
                         await self.apply(update)
         finally:
-            await consumer.stop()
+            await client.stop()
 
     def _parse(self, raw: bytes | None, offset: int) -> ModelUpdate | None:
         if raw is None:  # a compaction tombstone
@@ -174,12 +190,18 @@ class ModelUpdateFollower:
             log.info("model %s announced again; already serving it", update.version)
             return True
         loop = asyncio.get_running_loop()
+        trust = self.trust
         try:
+            trust.check_signature(update)  # before the URI is even looked at
             path = artifact_path(update.artifact_uri)
             model = await loop.run_in_executor(
-                self.executor, lambda: load_model(path, update, **self.serving_options)
+                self.executor,
+                lambda: load_model(path, update, trust=trust, **self.serving_options),
             )
-        except (ArtifactError, OSError, ValueError, TypeError) as exc:
+        except ArtifactError as exc:
+            self.holder.refuse(update.version, str(exc), exc.reason)
+            return False
+        except (OSError, ValueError, TypeError) as exc:
             self.holder.refuse(update.version, str(exc))
             return False
         self.holder.swap(model)

@@ -42,7 +42,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,10 +57,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from tqdm import tqdm
 
+from kafka_io.archive import read_range
+from kafka_io.cli import add_kafka_arguments, settings_from_args
+from kafka_io.clients import admin, consumer
+from kafka_io.errors import check_connection, explain
+from kafka_io.send import send_messages
+from kafka_io.settings import KafkaConfigError, KafkaSettings, write_properties
 from schemas.artifact import ArtifactError, read_artifact
 from schemas.events import (
     ClickEvent,
@@ -76,11 +79,11 @@ from schemas.metrics import MetricAccumulator
 from schemas.registry import Registry, resolve_model
 from schemas.topics import CLICKS
 from stream_app.core import CoreConfig
+from stream_app.harness import free_port
 from stream_app.inference import ServingModel
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 STANDARD_KS = (1, 5, 10, 20)
 WORKER_DEFAULTS = CoreConfig()
 
@@ -98,74 +101,31 @@ class ArchiveSlice:
     n_outside: int = 0  # valid, but outside [start, end)
 
 
-async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
-    """The partition numbers of a topic; ValueError when it does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"] != 0 or not described["partitions"]:
-        raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
-    return sorted(p["partition"] for p in described["partitions"])
-
-
 async def read_clicks(
-    bootstrap: str,
+    kafka: KafkaSettings,
     topic: str,
     *,
     start_ms: int | None = None,
     end_ms: int | None = None,
     progress: bool = True,
 ) -> ArchiveSlice:
-    """Every valid click of `topic` with start_ms <= timestamp < end_ms, per partition in
-    offset order; reads up to the end offsets seen when it starts."""
-    numbers = await topic_partitions(bootstrap, topic)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in numbers]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        begin = await consumer.beginning_offsets(tps)
-        end = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if end[tp] > begin[tp]}
-        out = ArchiveSlice(events=[])
-        bar = tqdm(
-            total=sum(end[tp] - begin[tp] for tp in tps),
-            desc=f"reading {topic}",
-            unit="ev",
-            disable=not progress,
-        )
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
-            for tp, records in batches.items():
-                for record in records:
-                    if record.offset >= end[tp]:
-                        break
-                    out.n_records += 1
-                    try:
-                        event = decode_click(record.value)
-                    except ValidationError:
-                        out.n_invalid += 1
-                        continue
-                    if (start_ms is not None and event.timestamp < start_ms) or (
-                        end_ms is not None and event.timestamp >= end_ms
-                    ):
-                        out.n_outside += 1
-                        continue
-                    out.events.append(event)
-                bar.update(len(records))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-        bar.close()
-        return out
-    finally:
-        await consumer.stop()
+    """Every valid click of `topic` whose own timestamp is in [start_ms, end_ms), per
+    partition in offset order; reads up to the end offsets seen when it starts."""
+    records = (await read_range(kafka, topic, progress=progress)).records
+    out = ArchiveSlice(events=[], n_records=len(records))
+    for record in records:
+        try:
+            event = decode_click(record.value)
+        except ValidationError:
+            out.n_invalid += 1
+            continue
+        if (start_ms is not None and event.timestamp < start_ms) or (
+            end_ms is not None and event.timestamp >= end_ms
+        ):
+            out.n_outside += 1
+            continue
+        out.events.append(event)
+    return out
 
 
 def group_sessions(
@@ -300,7 +260,7 @@ class SentClick:
 
 
 async def send_clicks(
-    bootstrap: str,
+    kafka: KafkaSettings,
     topic: str,
     clicks: Sequence[tuple[str, str]],
     rate: float,
@@ -310,30 +270,22 @@ async def send_clicks(
 ) -> list[SentClick]:
     """Send (session, item) clicks at `rate` per second, keyed by session, each stamped with
     the time it is sent, so answer time minus click time is the click-to-answer latency."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
-    )
-    await producer.start()
-    pending: list[tuple[ClickEvent, asyncio.Future]] = []
-    try:
-        start = time.monotonic()
-        for i, (session_id, item_id) in enumerate(
-            tqdm(clicks, desc=desc, unit="click", disable=not progress)
-        ):
-            ahead = start + i / rate - time.monotonic()
-            if ahead > 0:
-                await asyncio.sleep(ahead)
+    events: list[ClickEvent] = []
+
+    def stamped():  # pulled by the sender when each click's turn comes
+        for session_id, item_id in clicks:
             event = ClickEvent(session_id, item_id, int(time.time() * 1000))
-            future = await producer.send(
-                topic, encode_click(event), key=session_id.encode(), timestamp_ms=event.timestamp
-            )
-            pending.append((event, future))
-        await producer.flush()
-    finally:
-        await producer.stop()
+            events.append(event)
+            yield session_id.encode(), encode_click(event), event.timestamp
+
+    results = await send_messages(
+        kafka, topic, stamped(), rate=rate, total=len(clicks), desc=desc, progress=progress,
+        linger_ms=0,
+    )  # fmt: skip
     sent = []
-    for event, future in pending:
-        meta = future.result()
+    for event, meta in zip(events, results, strict=True):
+        if isinstance(meta, BaseException):
+            raise meta
         sent.append(
             SentClick(event.session_id, event.item_id, event.timestamp, meta.partition, meta.offset)
         )
@@ -341,27 +293,25 @@ async def send_clicks(
 
 
 async def read_answers(
-    bootstrap: str, topic: str, expected: int, timeout_s: float
+    kafka: KafkaSettings, topic: str, expected: int, timeout_s: float
 ) -> list[Recommendation]:
     """Recommendations on `topic` until `expected` distinct clicks are answered or time is up.
 
     At least once: a click answered twice (after a worker restart) counts once, the first.
     """
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
-    await consumer.start()
+    client = consumer(kafka, topic, group_id=None)
+    await client.start()
     answers: dict[tuple[int | None, int | None], Recommendation] = {}
     try:
         deadline = time.monotonic() + timeout_s
         while len(answers) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
+            batch = await client.getmany(timeout_ms=500)
             for records in batch.values():
                 for record in records:
                     rec = decode_recommendation(record.value)
                     answers.setdefault((rec.click_partition, rec.click_offset), rec)
     finally:
-        await consumer.stop()
+        await client.stop()
     return list(answers.values())
 
 
@@ -416,12 +366,6 @@ def live_metrics(
             assert s.accumulator is not None
             s.accumulator.add([rank])
     return dict(sorted(stats.items()))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class WorkerProcess:
@@ -491,16 +435,16 @@ class WorkerProcess:
         self._log.close()
 
 
-async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
+async def delete_topics_with_prefix(kafka: KafkaSettings, prefix: str) -> None:
     """Remove a run's topics, the worker's changelog topics (same prefix) included."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    client = admin(kafka)
+    await client.start()
     try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        names = [t for t in await client.list_topics() if t.startswith(prefix)]
         if names:
-            await admin.delete_topics(names)
+            await client.delete_topics(names)
     finally:
-        await admin.close()
+        await client.close()
 
 
 @dataclass
@@ -512,7 +456,7 @@ class LiveResult:
 
 
 def replay_live(
-    bootstrap: str,
+    kafka: KafkaSettings,
     model_path: str | os.PathLike[str],
     events: Sequence[ClickEvent],
     *,
@@ -534,8 +478,10 @@ def replay_live(
     ordered = live_order(events)
     with tempfile.TemporaryDirectory(prefix=f"{run}-", dir=workdir) as tmp:
         port = free_port()
+        # The worker connects as this process does (credentials in a 0600 file, not argv).
+        properties = write_properties(kafka, Path(tmp) / "client.properties")
         args = [
-            "--bootstrap", bootstrap, "--model", str(model_path), "--app-id", run,
+            "--kafka-config", str(properties), "--model", str(model_path), "--app-id", run,
             "--clicks-topic", f"{run}-clicks", "--recommendations-topic", f"{run}-recs",
             "--dlq-topic", f"{run}-dlq", "--model-updates-topic", f"{run}-updates",
             "--data-dir", str(Path(tmp) / "data"), "--web-bind", "127.0.0.1",
@@ -548,7 +494,7 @@ def replay_live(
             worker.wait_ready()
             sent = asyncio.run(
                 send_clicks(
-                    bootstrap,
+                    kafka,
                     f"{run}-clicks",
                     [(e.session_id, e.item_id) for e in ordered],
                     rate,
@@ -556,13 +502,11 @@ def replay_live(
                     progress=progress,
                 )
             )
-            answers = asyncio.run(
-                read_answers(bootstrap, f"{run}-recs", len(sent), answer_timeout_s)
-            )
+            answers = asyncio.run(read_answers(kafka, f"{run}-recs", len(sent), answer_timeout_s))
         finally:
             worker.stop()
             with contextlib.suppress(Exception):
-                asyncio.run(delete_topics_with_prefix(bootstrap, run))
+                asyncio.run(delete_topics_with_prefix(kafka, run))
     return LiveResult(str(model_path), live_metrics(sent, answers, k), len(sent), len(answers))
 
 
@@ -654,11 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="replay archived clicks through served models; next-click metrics",
     )
     parser.add_argument("--topic", default=CLICKS.name, help="archive topic (default clicks)")
-    parser.add_argument(
-        "--bootstrap",
-        default=os.environ.get("GRU4STREAM_BOOTSTRAP", DEFAULT_BOOTSTRAP),
-        help="Kafka bootstrap servers",
-    )
+    add_kafka_arguments(parser)
     parser.add_argument("--from", dest="start", type=parse_time, help="epoch ms or ISO 8601")
     parser.add_argument("--to", dest="end", type=parse_time, help="exclusive; epoch ms or ISO")
     parser.add_argument(
@@ -720,6 +660,13 @@ def _range_text(start: int | None, end: int | None) -> str:
     return f"[{show(start)}, {show(end)})"
 
 
+async def _read_archive(kafka: KafkaSettings, args: argparse.Namespace) -> ArchiveSlice:
+    await check_connection(kafka)
+    return await read_clicks(
+        kafka, args.topic, start_ms=args.start, end_ms=args.end, progress=not args.no_progress
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -732,18 +679,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     registry = Registry(args.registry) if args.registry else None
     try:
+        kafka = settings_from_args(args)
+    except KafkaConfigError as exc:
+        print(f"gru4stream replay: {exc}", file=sys.stderr)
+        return 2
+    try:
         models = load_models(args.model, registry)
-        archive = asyncio.run(
-            read_clicks(
-                args.bootstrap,
-                args.topic,
-                start_ms=args.start,
-                end_ms=args.end,
-                progress=not args.no_progress,
-            )
-        )
     except (ArtifactError, ValueError) as exc:
         print(f"gru4stream replay: {exc}", file=sys.stderr)
+        return 1
+    try:
+        archive = asyncio.run(_read_archive(kafka, args))
+    except Exception as exc:  # noqa: BLE001 - any broker failure ends here, in one line
+        print(f"gru4stream replay: {explain(exc, kafka)}", file=sys.stderr)
         return 1
     late: list[ClickEvent] = []
     sessions = group_sessions(archive.events, late)
@@ -773,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 live_results.append(
                     replay_live(
-                        args.bootstrap,
+                        kafka,
                         source,
                         archive.events,
                         k=args.k,

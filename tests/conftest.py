@@ -30,6 +30,7 @@ from deploy.kafka.broker import (
     start,
     stop,
 )
+from kafka_io import KafkaSettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,13 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield info.bootstrap
     finally:
         stop(config)
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
+    """The `KafkaSettings` of the session's broker (`kafka_bootstrap`), for functions that
+    take a Kafka connection."""
+    return load_settings(overrides={"bootstrap.servers": kafka_bootstrap})
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,20 @@
-"""Helpers for integration tests against the real broker (fixture `kafka_bootstrap`).
+"""Helpers for integration tests against the real broker (fixtures `kafka_bootstrap`,
+`kafka_settings`).
+
+`kafka` is a `KafkaSettings` or a bare `host:port` (a plaintext broker there); every client is
+built by `kafka_io.clients`.
 
 Names (several people and CI share one broker, so every test uses its own topics/groups):
     unique_topic(prefix="test") -> str          e.g. "clicks-3f9a1c2e"
     unique_group(prefix="group") -> str
 
 Synchronous helpers (call them from plain test functions, not inside a running event loop):
-    create_topic(bootstrap, spec_or_name, partitions=1, config=None) -> str   # the name
-    produce(bootstrap, topic, messages) -> list[tuple[int, int]]             # (partition, offset)
-    consume_all(bootstrap, topic, *, min_count=None, until=None, timeout_s=30, idle_s=1)
-        -> list[ConsumerRecord]                                              # .key .value ...
-    topic_config(bootstrap, topic) -> dict[str, str]
-    partition_count(bootstrap, topic) -> int
+    create_topic(kafka, spec_or_name, partitions=1, config=None) -> str   # the name
+    produce(kafka, topic, messages) -> list[tuple[int, int]]             # (partition, offset)
+    consume_all(kafka, topic, *, min_count=None, until=None, timeout_s=30, idle_s=1)
+        -> list[ConsumerRecord]                                          # .key .value ...
+    topic_config(kafka, topic) -> dict[str, str]
+    partition_count(kafka, topic) -> int
 
 Each has an async twin prefixed with `a` (`acreate_topic`, `aproduce`, `aconsume_all`, ...)
 for tests that already run an event loop.
@@ -32,14 +36,23 @@ import time
 from collections.abc import Callable, Iterable
 from uuid import uuid4
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from deploy.kafka.admin import create_topics
+from kafka_io.clients import admin, consumer, producer
+from kafka_io.settings import KafkaSettings, load_settings
+from kafka_io.topics import create_topics
 from schemas.topics import TopicSpec
 
 Message = bytes | str | tuple[bytes | str | None, bytes | str | None]
+Kafka = KafkaSettings | str
+
+
+def settings_of(kafka: Kafka) -> KafkaSettings:
+    """`kafka` itself, or the settings of a plaintext broker at a bare `host:port`."""
+    if isinstance(kafka, KafkaSettings):
+        return kafka
+    return load_settings(overrides={"bootstrap.servers": kafka}, environ={})
 
 
 def unique_topic(prefix: str = "test") -> str:
@@ -55,7 +68,7 @@ def _bytes(x: bytes | str | None) -> bytes | None:
 
 
 async def acreate_topic(
-    bootstrap: str,
+    kafka: Kafka,
     spec_or_name: TopicSpec | str,
     partitions: int = 1,
     config: dict[str, str] | None = None,
@@ -65,23 +78,21 @@ async def acreate_topic(
         if isinstance(spec_or_name, TopicSpec)
         else TopicSpec(spec_or_name, partitions, dict(config or {}))
     )
-    await create_topics(bootstrap, [spec])
+    await create_topics(settings_of(kafka), [spec])
     return spec.name
 
 
-async def aproduce(
-    bootstrap: str, topic: str, messages: Iterable[Message]
-) -> list[tuple[int, int]]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
+async def aproduce(kafka: Kafka, topic: str, messages: Iterable[Message]) -> list[tuple[int, int]]:
+    client = producer(settings_of(kafka))
+    await client.start()
     try:
         futures = []
         for m in messages:
             key, value = m if isinstance(m, tuple) else (None, m)
-            futures.append(await producer.send(topic, _bytes(value), key=_bytes(key)))
+            futures.append(await client.send(topic, _bytes(value), key=_bytes(key)))
         metas = await asyncio.gather(*futures)
     finally:
-        await producer.stop()
+        await client.stop()
     return [(md.partition, md.offset) for md in metas]
 
 
@@ -98,7 +109,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) 
 
 
 async def aconsume_all(
-    bootstrap: str,
+    kafka: Kafka,
     topic: str,
     *,
     min_count: int | None = None,
@@ -108,24 +119,22 @@ async def aconsume_all(
 ) -> list[ConsumerRecord]:
     if until is not None:
         min_count = min_count or 0
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
+    client = consumer(settings_of(kafka), group_id=None)
+    await client.start()
     try:
         tps = [
-            TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, timeout_s))
+            TopicPartition(topic, p) for p in sorted(await _partitions(client, topic, timeout_s))
         ]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps) if min_count is None else None
+        client.assign(tps)
+        await client.seek_to_beginning(*tps)
+        end = await client.end_offsets(tps) if min_count is None else None
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         last_new = time.monotonic()
         while time.monotonic() < deadline:
-            if end is not None and await _reached_end(consumer, end):
+            if end is not None and await _reached_end(client, end):
                 break
-            batch = await consumer.getmany(*tps, timeout_ms=200)
+            batch = await client.getmany(*tps, timeout_ms=200)
             got = [r for rs in batch.values() for r in rs]
             if got:
                 records.extend(got)
@@ -138,7 +147,7 @@ async def aconsume_all(
             ):
                 break
     finally:
-        await consumer.stop()
+        await client.stop()
     return sorted(records, key=lambda r: (r.partition, r.offset))
 
 
@@ -149,33 +158,33 @@ async def _reached_end(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int
     return True
 
 
-async def topic_description(bootstrap: str, topic: str) -> tuple[int, dict[str, str]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def topic_description(kafka: Kafka, topic: str) -> tuple[int, dict[str, str]]:
+    client = admin(settings_of(kafka))
+    await client.start()
     try:
-        (meta,) = await admin.describe_topics([topic])
-        resp = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        (meta,) = await client.describe_topics([topic])
+        resp = await client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     finally:
-        await admin.close()
+        await client.close()
     entries = resp[0].to_object()["resources"][0]["config_entries"]
     return len(meta["partitions"]), {e["config_names"]: e["config_value"] for e in entries}
 
 
 def create_topic(
-    bootstrap: str,
+    kafka: Kafka,
     spec_or_name: TopicSpec | str,
     partitions: int = 1,
     config: dict[str, str] | None = None,
 ) -> str:
-    return asyncio.run(acreate_topic(bootstrap, spec_or_name, partitions, config))
+    return asyncio.run(acreate_topic(kafka, spec_or_name, partitions, config))
 
 
-def produce(bootstrap: str, topic: str, messages: Iterable[Message]) -> list[tuple[int, int]]:
-    return asyncio.run(aproduce(bootstrap, topic, messages))
+def produce(kafka: Kafka, topic: str, messages: Iterable[Message]) -> list[tuple[int, int]]:
+    return asyncio.run(aproduce(kafka, topic, messages))
 
 
 def consume_all(
-    bootstrap: str,
+    kafka: Kafka,
     topic: str,
     *,
     min_count: int | None = None,
@@ -185,14 +194,14 @@ def consume_all(
 ) -> list[ConsumerRecord]:
     return asyncio.run(
         aconsume_all(
-            bootstrap, topic, min_count=min_count, until=until, timeout_s=timeout_s, idle_s=idle_s
+            kafka, topic, min_count=min_count, until=until, timeout_s=timeout_s, idle_s=idle_s
         )
     )
 
 
-def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
-    return asyncio.run(topic_description(bootstrap, topic))[1]
+def topic_config(kafka: Kafka, topic: str) -> dict[str, str]:
+    return asyncio.run(topic_description(kafka, topic))[1]
 
 
-def partition_count(bootstrap: str, topic: str) -> int:
-    return asyncio.run(topic_description(bootstrap, topic))[0]
+def partition_count(kafka: Kafka, topic: str) -> int:
+    return asyncio.run(topic_description(kafka, topic))[0]

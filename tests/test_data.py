@@ -386,30 +386,31 @@ def test_diginetica_slice(diginetica_split):
 
 
 @pytest.mark.kafka
-def test_read_topic_events_by_time_and_offsets(kafka_bootstrap):
+def test_read_topic_events_by_time_and_offsets(kafka_settings):
     from gru4stream.produce import publish_events
+    from kafka_io.topics import TopicError
     from schemas.topics import CLICKS, spec_named
     from tests.kafka_util import create_topic, produce, unique_topic
 
-    topic = create_topic(kafka_bootstrap, spec_named(unique_topic("clicks"), CLICKS))
+    topic = create_topic(kafka_settings, spec_named(unique_topic("clicks"), CLICKS))
     now = int(datetime.now(UTC).timestamp() * 1000)
     hour = 3_600_000
     events = [
         ClickEvent(f"s{k % 7}", f"i{k % 11}", now - 10 * hour + k * 60_000) for k in range(300)
     ]
-    result = asyncio.run(publish_events(events, kafka_bootstrap, topic, progress=False))
+    result = asyncio.run(publish_events(events, kafka_settings, topic, progress=False))
     assert result.sent == 300
     # Two broken messages (their record time is now).
-    produce(kafka_bootstrap, topic, [(b"s0", b"not json"), (b"s1", b'{"session_id": "s1"}')])
+    produce(kafka_settings, topic, [(b"s0", b"not json"), (b"s1", b'{"session_id": "s1"}')])
 
-    everything = data.read_topic_events(kafka_bootstrap, topic, progress=False)
+    everything = data.read_topic_events(kafka_settings, topic, progress=False)
     assert everything == sorted(events, key=lambda e: e.timestamp)
     assert everything.n_invalid == 2
     assert sum(stop - start for start, stop in everything.offsets.values()) == 302
 
     start, end = now - 8 * hour, now - 6 * hour
     window = data.read_topic_events(
-        kafka_bootstrap, topic, start_ms=start, end_ms=end, progress=False
+        kafka_settings, topic, start_ms=start, end_ms=end, progress=False
     )
     expected = [e for e in events if start <= e.timestamp < end]
     assert len(expected) == 120
@@ -418,7 +419,7 @@ def test_read_topic_events_by_time_and_offsets(kafka_bootstrap):
 
     # An offset range: the first 10 records of partition 0 (only what they hold).
     part0 = data.read_topic_events(
-        kafka_bootstrap, topic, start_offsets={0: 0}, end_offsets={0: 10, 1: 0, 2: 0, 3: 0},
+        kafka_settings, topic, start_offsets={0: 0}, end_offsets={0: 10, 1: 0, 2: 0, 3: 0},
         progress=False,
     )  # fmt: skip
     assert len(part0) + part0.n_invalid == min(10, everything.offsets[0][1])
@@ -429,5 +430,5 @@ def test_read_topic_events_by_time_and_offsets(kafka_bootstrap):
         "n_events": 300,
     }
 
-    with pytest.raises(ValueError, match="does not exist"):
-        data.read_topic_events(kafka_bootstrap, unique_topic("missing"), progress=False)
+    with pytest.raises(TopicError, match="does not exist"):
+        data.read_topic_events(kafka_settings, unique_topic("missing"), progress=False)

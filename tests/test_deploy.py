@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
-import shlex
 import tomllib
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import yaml
 
 from deploy.kafka.broker import KAFKA_VERSION
 from gru4stream.cli import SUBCOMMANDS
+from gru4stream.topics import topic_specs
 from schemas.topics import ALL_TOPICS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,27 +126,6 @@ def k8s_mounts(spec: dict, container: dict) -> dict[str, tuple[str, bool]]:
     }
 
 
-def topic_commands(script: str) -> dict[str, tuple[int, int, dict[str, str]]]:
-    """`kafka-topics.sh ... --create` lines -> name: (partitions, replication, configs)."""
-    lines = [line.strip() for line in script.strip().splitlines()]
-    assert lines[0].startswith("T="), "the script starts by naming the create command"
-    create = shlex.split(lines[0][2:])[0]
-    assert "--create" in create and "--if-not-exists" in create
-    assert f"--bootstrap-server {BOOTSTRAP}" in create
-    topics = {}
-    for line in lines[1:]:
-        words = shlex.split(re.sub(r"^\$\$?T\b", "", line))
-        parser = argparse.ArgumentParser(exit_on_error=False)
-        parser.add_argument("--topic", required=True)
-        parser.add_argument("--partitions", type=int, required=True)
-        parser.add_argument("--replication-factor", type=int, required=True)
-        parser.add_argument("--config", action="append", default=[])
-        args = parser.parse_args(words)
-        configs = dict(c.split("=", 1) for c in args.config)
-        topics[args.topic] = (args.partitions, args.replication_factor, configs)
-    return topics
-
-
 # --- images --------------------------------------------------------------------------------
 
 
@@ -161,7 +140,8 @@ def test_images_match_between_compose_k8s_and_the_project_version():
     by_name = {doc["metadata"]["name"]: c["image"] for doc, _, c in k8s_containers()}
     assert by_name["gru4stream-worker"] == app
     assert by_name["gru4stream-retrain"] == f"{app}-cuda"  # the GPU variant of the same image
-    assert by_name["kafka"] == by_name["gru4stream-topics"] == KAFKA_IMAGE
+    assert by_name["gru4stream-topics"] == app  # `gru4stream topics create`, with credentials
+    assert by_name["kafka"] == KAFKA_IMAGE
 
 
 def test_dockerfile_builds_the_cli_image():
@@ -182,7 +162,7 @@ def test_dockerfile_builds_the_cli_image():
 
 def test_every_command_is_a_real_subcommand_with_accepted_options():
     commands = app_commands()
-    assert {argv[0] for _, argv in commands} >= {"worker", "retrain", "produce"}
+    assert {argv[0] for _, argv in commands} >= {"worker", "retrain", "produce", "topics"}
     for where, argv in commands:
         assert argv[0] in SUBCOMMANDS, f"{where}: {argv[0]!r} is not a gru4stream subcommand"
         args = parse(argv)
@@ -212,12 +192,23 @@ def test_retraining_runs_once_under_cron_and_repeats_under_compose():
 # --- topics --------------------------------------------------------------------------------
 
 
-def test_topic_settings_match_schemas_topics():
-    expected = {t.name: (t.partitions, t.replication, t.config) for t in ALL_TOPICS}
-    compose_script = compose()["services"]["topics"]["command"][0]
-    assert topic_commands(compose_script) == expected
-    job = k8s_kind("Job")[0]
-    assert topic_commands(pod_spec(job)["containers"][0]["args"][0]) == expected
+def test_topics_are_created_by_the_project_command_with_the_settings_of_schemas():
+    """`gru4stream topics create` (kafka_io, so TLS and SASL work), not `kafka-topics.sh`,
+    which has no credentials for a secured cluster."""
+    job = k8s_named("Job", "gru4stream-topics")
+    for where, argv in (
+        ("compose topics", compose()["services"]["topics"]["command"]),
+        ("k8s gru4stream-topics", pod_spec(job)["containers"][0]["args"]),
+    ):
+        assert argv[:2] == ["topics", "create"], where
+        args = parse(argv)
+        assert topic_specs(args) == list(ALL_TOPICS), where
+        # The replication factor comes from the environment (or the brokers' default), so a
+        # cluster's kafka.env / Secret decides it, not a flag fixed here.
+        assert args.replication_factor is None and not args.kafka_set, where
+    assert compose()["services"]["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for path in [COMPOSE, *K8S.glob("*.yaml")]:
+        assert "kafka-topics.sh" not in path.read_text(), path.name
 
 
 def test_commands_use_the_topic_names_of_schemas():
@@ -273,7 +264,7 @@ def test_k8s_volumes_line_up_with_the_paths_passed():
         mounts = k8s_mounts(spec, container)
         args = parse(container["args"])
         _check_paths(doc["metadata"]["name"], args, mounts)
-        if args.registry:
+        if getattr(args, "registry", None):
             claim, read_only = mounts[args.registry]
             assert claim == "gru4stream-models"
             # Workers only read the registry; the retraining job writes it.
@@ -287,14 +278,21 @@ def test_k8s_volumes_line_up_with_the_paths_passed():
     assert mounted in templates, "RocksDB lives on a per-pod persistent volume"
 
 
+def published(entry: str) -> tuple[str, str, int]:
+    """A compose `ports` entry -> (host address, host port, container port)."""
+    parts = str(entry).split(":")
+    address = parts[0] if len(parts) == 3 else "0.0.0.0"  # compose's default: all interfaces
+    return address, parts[-2] if len(parts) > 1 else "", int(parts[-1])
+
+
 def test_ports_match_the_workers_web_port():
     services = compose()["services"]
     for name in ("worker-1", "worker-2"):
         port = parse(services[name]["command"]).web_port
-        targets = {int(p.split(":")[-1]) for p in services[name]["ports"]}
+        targets = {published(p)[2] for p in services[name]["ports"]}
         assert targets == {port}, name
         assert f"localhost:{port}/health" in " ".join(services[name]["healthcheck"]["test"])
-    host_ports = [p.split(":")[0] for s in services.values() for p in s.get("ports", [])]
+    host_ports = [published(p)[:2] for s in services.values() for p in s.get("ports", [])]
     assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
 
     worker = next(
@@ -335,3 +333,67 @@ def test_kustomization_lists_every_manifest():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == files
+
+
+# --- exposure and credentials ------------------------------------------------------------------
+
+KAFKA_ENV_EXAMPLE = ROOT / "deploy" / "compose" / "kafka.env.example"
+KAFKA_SECRET = K8S / "kafka-client-secret.yaml"
+CREDENTIAL_VARIABLES = (
+    "GRU4STREAM_KAFKA_SECURITY_PROTOCOL",
+    "GRU4STREAM_KAFKA_SASL_MECHANISM",
+    "GRU4STREAM_KAFKA_SASL_USERNAME",
+    "GRU4STREAM_KAFKA_SASL_PASSWORD",
+    "GRU4STREAM_KAFKA_SSL_CA_LOCATION",
+)
+
+
+def test_published_ports_listen_on_the_hosts_loopback_only():
+    for name, svc in compose()["services"].items():
+        for entry in svc.get("ports", []):
+            assert published(entry)[0] == "127.0.0.1", f"{name} publishes {entry} to the network"
+    assert published("6066:6066")[0] == "0.0.0.0"  # what the check above catches
+
+
+def test_workers_listen_in_their_pod_but_never_expose_sessions():
+    workers = [(where, parse(argv)) for where, argv in app_commands() if argv[0] == "worker"]
+    assert len(workers) == 3  # two in compose, the StatefulSet
+    for where, args in workers:
+        # Probes, the port mapping and the Prometheus scrape come from outside the container.
+        assert args.web_bind == "0.0.0.0", where
+        assert not args.expose_sessions, f"{where}: /sessions shows users' clicks"
+    assert parse(["worker"]).web_bind == "127.0.0.1"  # the default stays private
+
+
+def test_kafka_credentials_come_from_the_env_file_and_the_secret():
+    text = KAFKA_ENV_EXAMPLE.read_text()
+    for variable in CREDENTIAL_VARIABLES:
+        assert variable in text, f"kafka.env.example does not document {variable}"
+    assert "PASSWORD=" not in "".join(
+        line for line in text.splitlines() if not line.startswith("#")
+    ), "no password in the committed example"
+    for name, svc in compose()["services"].items():
+        if not is_app_image(svc["image"]):
+            continue
+        files = [e["path"] if isinstance(e, dict) else e for e in svc.get("env_file", [])]
+        assert "kafka.env.example" in files, name
+        assert (COMPOSE.parent / files[0]).is_file(), name
+        assert not any(k.startswith("GRU4STREAM_KAFKA_SASL") for k in svc["environment"]), name
+
+    (secret,) = [d for d in yaml.safe_load_all(KAFKA_SECRET.read_text()) if d]
+    assert secret["kind"] == "Secret"
+    secret_text = KAFKA_SECRET.read_text()
+    for variable in CREDENTIAL_VARIABLES:
+        assert variable in secret_text, f"the Secret template does not document {variable}"
+    assert set(secret["stringData"]) <= set(CREDENTIAL_VARIABLES)
+    app_containers = [(d, c) for d, _, c in k8s_containers() if is_app_image(c["image"])]
+    assert {d["metadata"]["name"] for d, _ in app_containers} == {
+        "gru4stream-worker",
+        "gru4stream-retrain",
+        "gru4stream-topics",
+    }
+    for doc, container in app_containers:
+        refs = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
+        assert refs == [secret["metadata"]["name"]], doc["metadata"]["name"]
+        mounts = k8s_mounts(pod_spec(doc), container)
+        assert mounts["/etc/gru4stream/kafka-ca"] == ("kafka-ca", True), doc["metadata"]["name"]

@@ -114,6 +114,14 @@ PRINCIPAL_ACLS: dict[str, tuple[Grant, ...]] = {
         Grant("topic", "model-updates", ("WRITE", "DESCRIBE", "CREATE")),
         _CLUSTER,
     ),
+    # Offline replay reads the archive; live replay runs a worker on its own `replay-*`
+    # topics and group, so an analyst never touches the production topics' writers.
+    "analyst": (
+        Grant("topic", "clicks", ("READ", "DESCRIBE")),
+        Grant("topic", "replay-", ("ALL",)),
+        Grant("group", "replay-", ("READ",)),
+        _CLUSTER,
+    ),
 }
 PRINCIPALS: tuple[str, ...] = (SUPER_USER, *PRINCIPAL_ACLS)
 
