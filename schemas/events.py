@@ -6,7 +6,9 @@ consumer still holds the original bytes when an event has to go to the dead-lett
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,12 @@ MAX_ID_CHARS = 256
 MIN_TIMESTAMP_MS = 946_684_800_000
 DAY_MS = 86_400_000
 SCHEMA_VERSION = 1
+# Dead letters (contract version 2) keep at most this much of the rejected value and key,
+# and a reason this long, so that one always fits far below the producer's request limit.
+DEAD_LETTER_VERSION = 2
+DEAD_LETTER_PREFIX_BYTES = 8 * 1024
+DEAD_LETTER_KEY_BYTES = 1024
+MAX_REASON_CHARS = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -121,39 +129,106 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A rejected event: its original bytes (as latin-1 text, lossless), origin and reason."""
+    """A rejected event: a bounded prefix of its bytes, their length and sha256, origin, reason.
+
+    Contract version 2 (`"v": 2`): the value travels as base64 of at most a prefix (8 KiB by
+    default), so a dead letter stays a few KiB whatever arrived; version 1 carried every byte
+    as latin-1 text in JSON, which grew up to 6x and could outgrow the broker's limit.
+    `original_len` and `original_sha256` describe the whole value, and topic/partition/offset
+    find it on the source topic. Build one with `DeadLetter.of(...)`.
+    """
 
     reason: str
     topic: str
     partition: int
     offset: int
-    original: bytes
-    key: bytes | None = None
+    original: bytes  # the kept prefix; all of the value unless `truncated`
+    original_len: int  # of the whole value (a null value counts as b"")
+    original_sha256: str  # hex, of the whole value
+    key: bytes | None = None  # the message key's prefix (DEAD_LETTER_KEY_BYTES)
+    key_len: int | None = None
     rejected_at: int = field(default_factory=lambda: int(time.time() * 1000))
+    version: int = DEAD_LETTER_VERSION
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.original) < self.original_len
+
+    @classmethod
+    def of(
+        cls,
+        reason: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        value: bytes | None,
+        key: bytes | None,
+        *,
+        max_original_bytes: int = DEAD_LETTER_PREFIX_BYTES,
+    ) -> DeadLetter:
+        value = bytes(value or b"")
+        key = None if key is None else bytes(key)
+        return cls(
+            reason=_bounded_reason(reason),
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            original=value[: max(max_original_bytes, 0)],
+            original_len=len(value),
+            original_sha256=hashlib.sha256(value).hexdigest(),
+            key=None if key is None else key[:DEAD_LETTER_KEY_BYTES],
+            key_len=None if key is None else len(key),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "v": DEAD_LETTER_VERSION,
             "reason": self.reason,
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
-            # latin-1 maps every byte to one code point, so any payload survives the trip.
-            "original": self.original.decode("latin-1"),
-            "key": None if self.key is None else self.key.decode("latin-1"),
+            "original_b64": base64.b64encode(self.original).decode("ascii"),
+            "original_len": self.original_len,
+            "original_sha256": self.original_sha256,
+            "truncated": self.truncated,
+            "key_b64": None if self.key is None else base64.b64encode(self.key).decode("ascii"),
+            "key_len": self.key_len,
             "rejected_at": self.rejected_at,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeadLetter:
+        """Reads version 2, and version 1 records (no "v") still on a topic."""
+        version = int(d.get("v", 1))
+        if version == 1:
+            original = d["original"].encode("latin-1")
+            key = None if d.get("key") is None else d["key"].encode("latin-1")
+            original_len, sha256 = len(original), hashlib.sha256(original).hexdigest()
+            key_len = None if key is None else len(key)
+        else:
+            original = base64.b64decode(d["original_b64"])
+            key = None if d.get("key_b64") is None else base64.b64decode(d["key_b64"])
+            original_len, sha256 = int(d["original_len"]), str(d["original_sha256"])
+            key_len = None if d.get("key_len") is None else int(d["key_len"])
         return cls(
             reason=d["reason"],
             topic=d["topic"],
             partition=int(d["partition"]),
             offset=int(d["offset"]),
-            original=d["original"].encode("latin-1"),
-            key=None if d.get("key") is None else d["key"].encode("latin-1"),
+            original=original,
+            original_len=original_len,
+            original_sha256=sha256,
+            key=key,
+            key_len=key_len,
             rejected_at=int(d["rejected_at"]),
+            version=version,
         )
+
+
+def _bounded_reason(reason: str) -> str:
+    """One line of at most MAX_REASON_CHARS: a reason may quote the bad input."""
+    line = " ".join(reason.split())
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -165,9 +240,14 @@ class ModelUpdate:
     checksum: str  # sha256 of the artifact manifest file
     metrics: dict[str, float]
     created_at: int  # epoch ms
+    # "hmac-sha256:<hex>" over the other fields (schemas/signing.py); absent when unsigned.
+    signature: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.signature is None:
+            del out["signature"]  # unsigned records keep their original form
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelUpdate:
@@ -178,6 +258,9 @@ class ModelUpdate:
                 checksum=_require_id(d, "checksum", 128),
                 metrics={str(k): float(v) for k, v in dict(d.get("metrics") or {}).items()},
                 created_at=int(d["created_at"]),
+                signature=(
+                    None if d.get("signature") is None else _require_id(d, "signature", 256)
+                ),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ValidationError):

@@ -1,15 +1,21 @@
 """The Faust application: one agent on `clicks`, the `sessions` table, timers and views.
 
 `create_app(config)` builds a fresh app from a frozen config, so tests can run several with
-their own ids and topics. Delivery is at least once: events are acknowledged after their
-batch is answered, and Faust flushes the producer before it commits offsets.
+their own ids and topics. Delivery is at least once: a batch's events are acknowledged only
+after Kafka has acknowledged every answer, dead letter and session write the batch produced
+(stream_app/delivery.py); any fault that is not one click's stops the worker unacknowledged.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import faust
 
+from kafka_io.clients import faust_options
 from stream_app.config import WorkerConfig
+from stream_app.delivery import DeliveryTrackingTable
 from stream_app.recovery import SafeTableManager
 from stream_app.runtime import WorkerRuntime
 from stream_app.views import register_views
@@ -18,7 +24,7 @@ from stream_app.views import register_views
 def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
     app = faust.App(
         config.app_id,
-        broker=f"kafka://{config.bootstrap}",
+        **faust_options(config.kafka),  # brokers, credentials, changelog replication
         store="rocksdb://",
         datadir=config.data_dir or f"var/worker/{config.app_id}",
         topic_partitions=config.partitions,
@@ -26,7 +32,8 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
         producer_acks=-1,
         table_standby_replicas=config.standby_replicas,
         broker_session_timeout=config.broker_session_timeout_s,
-        broker_heartbeat_interval=min(3.0, config.broker_session_timeout_s / 4),
+        broker_heartbeat_interval=config.heartbeat_interval_s,
+        consumer_group_instance_id=config.group_instance_id,
         broker_commit_interval=config.commit_interval_s,
         # A micro-batch sends two messages per click (answer + changelog); aiokafka keeps one
         # request in flight per partition, so small batches throttle the whole worker.
@@ -37,6 +44,8 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
         web_host=config.web_host,
         autodiscover=False,
         TableManager=SafeTableManager,  # see stream_app/recovery.py
+        Table=DeliveryTrackingTable,  # changelog deliveries are awaited before an ack
+        producer_max_request_size=config.producer_max_request_size,
     )
     runtime = WorkerRuntime(config, app)
     # Table writes queue their changelog messages in Faust's producer buffer, and the
@@ -54,17 +63,35 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
     )
     batch_max = 1 if config.naive else config.batch_max
 
+    async def answer_events(events: Sequence[faust.EventT]) -> list[asyncio.Future]:
+        """One micro-batch -> the delivery futures of everything it sent.
+
+        A fault of one click (bytes, fields, order, an answer or session too large) makes a
+        dead letter in these steps; anything raised out of here is not one click's fault.
+        """
+        clicks_, dead = runtime.decode(events)
+        sent = await runtime.send_dead_letters(dead)
+        if clicks_:
+            model = await runtime.model_for_batch()  # read once: swaps fall between batches
+            result = await runtime.answer(model, clicks_, runtime.read_sessions(clicks_))
+            sent += runtime.write_sessions(result)
+            sent += await runtime.publish(result)
+        return sent
+
     @app.agent(clicks, name="answer-clicks")
     async def answer_clicks(stream: faust.StreamT) -> None:
         async for events in stream.take_events(batch_max, within=config.batch_within_s):
-            clicks_, dead = runtime.decode(events)
-            await runtime.send_dead_letters(dead)
-            if not clicks_:
-                continue
-            model = await runtime.model_for_batch()  # read once: swaps fall between batches
-            result = await runtime.answer(model, clicks_, runtime.read_sessions(clicks_))
-            runtime.write_sessions(result)
-            await runtime.publish(result)
+            # take_events acks a batch even when this body raises (its `finally` runs when
+            # the generator is closed), so the batch is held until its records are delivered.
+            runtime.acks.hold(events)
+            try:
+                sent = await answer_events(events)
+            except Exception as exc:  # noqa: BLE001 - a table write, a send, a core bug
+                # Never re-raised: Faust's supervisor would restart the agent and go on with
+                # later batches. The worker stops; the held batch is read again elsewhere.
+                await runtime.stop_worker(exc)
+            if not await runtime.acks.release_after(events, sent):
+                await runtime.stop_worker(runtime.acks.failed)
 
     app.task(runtime.follow_model_updates)
     app.timer(config.cleanup_interval_s, name="expire-sessions")(runtime.expire_sessions)

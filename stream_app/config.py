@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kafka_io.settings import KafkaSettings
 from schemas.durations import parse_duration_ms
 from stream_app.core import CoreConfig
 
@@ -11,14 +12,15 @@ from stream_app.core import CoreConfig
 @dataclass(frozen=True)
 class WorkerConfig:
     app_id: str = "gru4stream-worker"  # also the consumer group and the changelog prefix
-    bootstrap: str = "127.0.0.1:9092"
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)  # brokers, TLS, SASL
     clicks_topic: str = "clicks"
     recommendations_topic: str = "recommendations"
     dlq_topic: str = "clicks-dlq"
     model_updates_topic: str = "model-updates"
     partitions: int = 4  # of `clicks` (and so of the sessions changelog), if created here
     model: str | None = None  # artifact dir, or a version / "promoted" / "latest" with registry
-    registry: str | None = None
+    registry: str | None = None  # then only its promoted versions load (stream_app/trust.py)
+    model_key_file: str | None = None  # HMAC key announcements must be signed with (a path)
     core: CoreConfig = field(default_factory=CoreConfig)
     # Micro-batches: up to batch_max clicks, or whatever arrived within batch_within_s.
     batch_max: int = 256
@@ -27,19 +29,32 @@ class WorkerConfig:
     naive: bool = False
     cleanup_interval_s: float = 60.0  # how often expired sessions are deleted
     web_port: int = 6066
-    web_bind: str = "0.0.0.0"
-    web_host: str = "127.0.0.1"
+    web_bind: str = "127.0.0.1"  # --web-host: private unless told (0.0.0.0 in containers)
+    web_host: str = "127.0.0.1"  # Faust's name for its own URL, not the bind address
+    expose_sessions: bool = False  # /sessions/{id} shows a user's clicks: off by default
     data_dir: str | None = None  # RocksDB files; default var/worker/<app_id> (working dir)
     offset_reset: str = "earliest"  # where a new consumer group starts on `clicks`
     standby_replicas: int = 1
-    # How long the group waits for a silent worker before its partitions move (Faust: 60 s).
-    # Shorter means faster failover after a crash; the broker's minimum is 6 s.
-    broker_session_timeout_s: float = 30.0
+    # Failover: a killed worker's partitions move once the group has not heard from it for
+    # the session timeout (Faust's default: 60 s; the broker's minimum, 6 s by default). A
+    # live worker that cannot heartbeat for that long (a stalled process, a network blip)
+    # loses its partitions too, and they are restored elsewhere: see README, The worker.
+    broker_session_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 1.0  # the survivors learn of a rebalance this fast
+    # Static membership (Kafka's group.instance.id): a restart under the same id takes its
+    # partitions back at once, with no rebalance; but a stopped or killed worker's partitions
+    # then wait out the whole session timeout, even after a clean stop.
+    group_instance_id: str | None = None
     commit_interval_s: float = 2.8  # offsets are committed this often (after a flush)
     producer_batch_kb: int = 512  # per partition (Faust's default: 16 KiB)
     # Wait up to 10 ms to fill produce requests: a few large requests instead of one per
     # couple of messages (each send is a syscall that wakes the broker); adds <= 10 ms.
     producer_linger_s: float = 0.01
+    # Largest record the worker sends (Faust's producer_max_request_size, below the broker's
+    # default message.max.bytes of 1 MiB). Every answer, dead letter and session value is
+    # sized against it first; one that cannot fit becomes a dead letter instead of an error.
+    producer_max_request_size: int = 1_000_000
+    dlq_prefix_bytes: int = 8 * 1024  # of a rejected value kept in its dead letter
     # RocksDB sized for a small machine (Faust's defaults: 2 GiB cache, 3 x 64 MiB buffers
     # per partition); the sessions table is small and mostly read back from memory anyway.
     rocksdb_block_cache_mb: int = 16

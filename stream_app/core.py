@@ -14,8 +14,10 @@ Rules (documented for producers and operators):
   with the stored answer when it was the session's last click, otherwise by recomputing the
   state from the stored history up to that click (exact while the session is no longer
   than `history_len` clicks; older redeliveries are counted, not answered).
-- A session untouched for `session_ttl_ms` (wall clock) is over: its next click starts a
-  new session, whether or not the expiry timer has deleted it yet.
+- A session is over after `session_ttl_ms` without a click, in event time: a click more
+  than that after its session's last accepted click starts a new session, whether or not
+  the expiry timer has deleted it yet. Event time, so that a worker catching up on a
+  backlog continues the sessions it finds there (see `stream_app/expiry.py`).
 - A session whose cached hidden state was computed by another model version (after a hot
   swap) is recomputed from its item history under the serving model first: from its last
   `history_len` items (50 by default), so a longer session restarts from that window.
@@ -142,7 +144,7 @@ def answer_batch(
         if session is None:
             session = stored.get(sid)
             if session is not None and (
-                now - session.touched_ms > config.session_ttl_ms
+                click.event.timestamp - session.last_event_ms > config.session_ttl_ms
                 or session.partition != click.partition
             ):
                 session = None

@@ -9,27 +9,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
+import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import orjson
 from faust.streams import _current_event
+from faust.types import TP
 
 from schemas.events import DeadLetter, ValidationError, encode
 from stream_app.config import WorkerConfig
 from stream_app.core import BatchResult, Click, answer_batch, decode_message
+from stream_app.delivery import STALLED_AFTER_S, AckGate, record_fits
+from stream_app.expiry import EventClock
 from stream_app.inference import ServingModel
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_updates import ModelHolder, ModelUpdateFollower, SwapRecord
 from stream_app.sessions import SessionDecodeError, SessionState, peek
+from stream_app.trust import trust_policy
 
 log = logging.getLogger(__name__)
+
+# Test-only fault hook, read by the core's caller (`WorkerRuntime.answer`) and nowhere else:
+# GRU4STREAM_TEST_FAIL_BATCH=N raises InjectedFault instead of answering the N-th micro-batch
+# that has clicks (1-based), as a bug in the core would (tests/test_faults.py).
+TEST_FAIL_BATCH_ENV = "GRU4STREAM_TEST_FAIL_BATCH"
+# After a fault the worker stops cleanly (commit what was delivered, leave the group); if that
+# hangs (a broker that is gone), the process exits anyway after this long.
+STOP_GRACE_S = 30.0
+EXIT_AFTER_FAULT = 70  # EX_SOFTWARE, when the clean stop did not finish in time
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the test hook GRU4STREAM_TEST_FAIL_BATCH."""
 
 
 class _PartitionMarker:
@@ -64,14 +84,23 @@ class WorkerRuntime:
         self.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.loader_pool = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self.follower = ModelUpdateFollower(
-            config.bootstrap,
+            config.kafka,
             config.model_updates_topic,
             self.holder,
             self.loader_pool,
             config.serving_options(),
         )
+        # Which announced models to trust (registry, HMAC key): see stream_app/trust.py.
+        self.follower.trust = trust_policy(config.registry, config.model_key_file)
         self.sessions: Any = None  # the faust Table, set by the app factory
+        self.clock = EventClock()  # per-partition event time, for expiry
         self.started_at = time.time()
+        # Why the worker stopped (a fault that is not one click's); /health answers 503.
+        self.failed: str | None = None
+        self.acks = AckGate(lambda: app.consumer, self.stop_worker)
+        fail_batch = os.environ.get(TEST_FAIL_BATCH_ENV)
+        self._fail_batch = int(fail_batch) if fail_batch else None
+        self._batches = 0  # micro-batches with clicks handed to the core
 
     def assigned_partitions(self) -> list[int]:
         """The `clicks` partitions this worker answers (after the last rebalance)."""
@@ -86,7 +115,7 @@ class WorkerRuntime:
         if record.outcome == "loaded" and self.holder.model is not None:
             self.metrics.set_model(record.version, self.holder.model.loaded_at)
         elif record.outcome == "refused":
-            self.metrics.model_refusals.inc()
+            self.metrics.model_refusals.labels(reason=record.code or "invalid").inc()
 
     async def model_for_batch(self) -> ServingModel:
         """The model that answers the next batch; waits while there is none yet."""
@@ -111,10 +140,15 @@ class WorkerRuntime:
         for event in events:
             msg = event.message
             raw = msg.value
+            self.clock.read(msg.partition, msg.offset)
             try:
                 click = decode_message(raw, msg.key, self.config.core)
             except ValidationError as exc:
-                dead.append(_dead_letter(msg, str(exc)))
+                dead.append(self._dead_letter(msg, str(exc)))
+                continue
+            except Exception as exc:  # noqa: BLE001 - whatever these bytes trigger is theirs
+                log.exception("click %s@%d: decoding failed", msg.topic, msg.offset)
+                dead.append(self._dead_letter(msg, f"event: undecodable ({exc!r})"))
                 continue
             clicks.append(
                 Click(
@@ -149,6 +183,9 @@ class WorkerRuntime:
     async def answer(
         self, model: ServingModel, clicks: list[Click], stored: dict[str, SessionState | None]
     ) -> BatchResult:
+        self._batches += 1
+        if self._batches == self._fail_batch:  # the test-only hook (TEST_FAIL_BATCH_ENV)
+            raise InjectedFault(f"{TEST_FAIL_BATCH_ENV}={self._fail_batch}: injected fault")
         started = time.perf_counter()
         if self.config.naive:
             result = answer_batch(model, clicks, stored, self.config.core)
@@ -167,22 +204,76 @@ class WorkerRuntime:
             )
         return result
 
-    def write_sessions(self, result: BatchResult) -> None:
-        topic = self.config.clicks_topic
-        for sid, session in result.sessions.items():
-            with _in_partition(topic, session.partition):
-                self.sessions[sid.encode()] = session.encode()
+    def write_sessions(self, result: BatchResult) -> list[asyncio.Future]:
+        """Write the batch's sessions; returns their changelog deliveries (awaited before the ack).
 
-    async def send_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
+        A session whose value cannot fit in a record is not written, and its clicks of this
+        batch become dead letters instead of answers (only a huge --k or --history does that).
+        """
+        topic = self.config.clicks_topic
+        newest: dict[int, int] = {}
+        too_big: dict[str, int] = {}
+        with self.sessions.tracking() as sent:
+            for sid, session in result.sessions.items():
+                key, value = sid.encode(), session.encode()
+                if not record_fits(key, value, self.config.producer_max_request_size):
+                    too_big[sid] = len(value)
+                    continue
+                with _in_partition(topic, session.partition):
+                    self.sessions[key] = value
+                if session.last_event_ms > newest.get(session.partition, -1):
+                    newest[session.partition] = session.last_event_ms
+        if too_big:
+            self._reject_sessions(result, too_big)
+        # Only now, with the batch in the table, may the expiry clock pass its clicks.
+        wall_ms = int(time.time() * 1000)
+        for partition, event_ms in newest.items():
+            self.clock.applied(partition, event_ms, wall_ms)
+        return sent
+
+    def _reject_sessions(self, result: BatchResult, too_big: dict[str, int]) -> None:
+        limit = self.config.producer_max_request_size
+        for sid, size in too_big.items():
+            del result.sessions[sid]
+            reason = f"session: its state of {size} bytes does not fit a record ({limit})"
+            result.rejected += [(c, reason) for c, _ in result.answers if c.event.session_id == sid]
+        result.answers = [(c, r) for c, r in result.answers if c.event.session_id not in too_big]
+
+    async def send_dead_letters(self, dead: Sequence[DeadLetter]) -> list[asyncio.Future]:
+        sent = []
         for letter in dead:
-            await self._send(self.config.dlq_topic, letter.key, encode(letter))
+            value = encode(letter)
+            if not record_fits(letter.key, value, self.config.producer_max_request_size):
+                # Only with a --dlq-prefix-bytes near the limit: keep the metadata alone.
+                value = encode(dataclasses.replace(letter, original=b""))
+            sent.append(await self._send(self.config.dlq_topic, letter.key, value))
             self.metrics.dead_letters.labels(field=letter.reason.split(":", 1)[0]).inc()
             log.info("dead letter %s@%d: %s", letter.topic, letter.offset, letter.reason)
+        return sent
 
-    async def publish(self, result: BatchResult) -> None:
-        await self.send_dead_letters(
+    async def publish(self, result: BatchResult) -> list[asyncio.Future]:
+        """Send the answers and the core's dead letters; returns their deliveries.
+
+        An answer too large for a record (a huge --k with long item ids) is a dead letter.
+        """
+        limit = self.config.producer_max_request_size
+        sent = []
+        answered = 0
+        now = time.time()
+        too_big: list[tuple[Click, str]] = []
+        for click, rec in result.answers:
+            key, value = rec["session_id"].encode(), orjson.dumps(rec)
+            if not record_fits(key, value, limit):
+                reason = f"recommendation: {len(value)} bytes do not fit a record ({limit})"
+                too_big.append((click, reason))
+                continue
+            sent.append(await self._send(self.config.recommendations_topic, key, value))
+            self.metrics.latency_seconds.observe(max(now - click.message_ms / 1000, 0.0))
+            answered += 1
+        self.metrics.recommendations.inc(answered)
+        sent += await self.send_dead_letters(
             [
-                _dead_letter(
+                self._dead_letter(
                     SimpleNamespace(
                         topic=c.topic,
                         partition=c.partition,
@@ -192,62 +283,103 @@ class WorkerRuntime:
                     ),
                     reason,
                 )
-                for c, reason in result.rejected
+                for c, reason in [*result.rejected, *too_big]
             ]
         )
-        now = time.time()
-        for click, rec in result.answers:
-            key = rec["session_id"].encode()
-            await self._send(self.config.recommendations_topic, key, orjson.dumps(rec))
-            self.metrics.latency_seconds.observe(max(now - click.message_ms / 1000, 0.0))
-        self.metrics.recommendations.inc(len(result.answers))
+        return sent
 
-    async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Straight to the producer that Faust flushes before every offset commit.
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
+        """Straight to Faust's producer; returns the delivery future (the broker's ack).
 
-        Faust's Topic.send adds about as much work per message again as the whole answer;
-        at-least-once holds because a commit waits for everything sent here. A delivery
-        that fails for good stops the worker, so its clicks are read again after a restart.
+        Faust's Topic.send adds about as much work per message again as the whole answer.
+        The caller sized the record, so the producer's own size check cannot raise here.
         """
-        delivery = await self.app.producer.send(topic, key, value, None, None, None)
-        delivery.add_done_callback(self._on_delivered)
+        return await self.app.producer.send(topic, key, value, None, None, None)
 
-    def _on_delivered(self, delivery: asyncio.Future) -> None:
-        if delivery.cancelled() or delivery.exception() is None:
-            return
-        exc = delivery.exception()
-        log.error("could not deliver to Kafka, stopping (clicks will be re-read): %r", exc)
-        asyncio.ensure_future(self.app.crash(exc))
+    def _dead_letter(self, msg: Any, reason: str) -> DeadLetter:
+        """The reason starts with the field at fault ("timestamp: ..."), as ValidationError's do."""
+        return DeadLetter.of(
+            reason,
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            msg.value,
+            msg.key,
+            max_original_bytes=self.config.dlq_prefix_bytes,
+        )
+
+    # --- faults ----------------------------------------------------------------------------
+
+    async def stop_worker(self, exc: BaseException | None) -> NoReturn:
+        """Stop the process after a fault that is not one click's; never returns.
+
+        The batch at fault stays held (stream_app/delivery.py), so nothing from it on is
+        acknowledged: `app.crash` wakes Faust's worker, which stops cleanly (commits what was
+        delivered, leaves the group) and exits with status 1, and whoever takes the
+        partitions reads the rest again. The agent waits here until it is cancelled by that
+        stop: returning or raising would let Faust go on with the next batch.
+        """
+        if self.failed is None:
+            self.failed = f"stopped after a fault: {exc!r}"
+            log.critical(
+                "stopping the worker: %r (clicks not yet acknowledged will be read again)",
+                exc,
+                exc_info=exc,
+            )
+            # A clean stop can hang on a broker that is gone; exit in any case.
+            timer = threading.Timer(STOP_GRACE_S, os._exit, (EXIT_AFTER_FAULT,))
+            timer.daemon = True
+            timer.start()
+            await self.app.crash(exc if exc is not None else RuntimeError(self.failed))
+        await asyncio.Future()  # until cancelled by the stop
+        raise AssertionError("unreachable")
+
+    def problem(self) -> str | None:
+        """Why the worker cannot make progress now (for /health), or None."""
+        if self.failed is not None:
+            return self.failed
+        held = self.acks.held_for()
+        serving = self.holder.model is not None and self.follower.caught_up.is_set()
+        if held > STALLED_AFTER_S and serving:  # else it waits for a model, not for Kafka
+            return f"stalled: a batch has waited {held:.0f} s for Kafka to take its records"
+        return None
 
     # --- expiry ----------------------------------------------------------------------------
 
     async def expire_sessions(self) -> None:
-        """Delete sessions idle for longer than the TTL; also refreshes the table-size gauge.
+        """Delete sessions that are over; also refreshes the table-size gauge.
 
-        The scan reads only each value's fixed prefix. The decision is re-checked right
-        before each delete with no await in between, so a session that the agent touched
-        meanwhile is never deleted.
+        Over means more than the TTL behind their partition's event-time clock
+        (`stream_app/expiry.py`), not the wall clock: a worker catching up on a backlog
+        keeps the sessions whose next clicks are still to be read. The scan reads only each
+        value's fixed prefix. The decision is re-checked right before each delete with no
+        await in between, so a session that the agent moved on meanwhile is never deleted.
         """
         ttl = self.config.core.session_ttl_ms
-        now = int(time.time() * 1000)
+        clocks = self._partition_clocks()
         live = expired = 0
-        candidates: list[tuple[bytes, int]] = []
+        candidates: list[bytes] = []
         for i, (key, raw) in enumerate(self.sessions.items()):
             seen = peek(raw)
-            if seen is not None and now - seen[0] <= ttl:
-                live += 1
-            elif seen is not None:
-                candidates.append((key, seen[1]))
+            if seen is not None:
+                last_event_ms, partition = seen
+                now = clocks.get(partition)
+                if now is None or now - last_event_ms <= ttl:
+                    live += 1
+                else:
+                    candidates.append(key)
             if i % 1000 == 999:
                 await asyncio.sleep(0)
-        for key, partition in candidates:
+        clocks = self._partition_clocks()  # afresh: the scan may have let batches in
+        for key in candidates:
             seen = peek(self.sessions.get(key) or b"")
             if seen is None:
                 continue  # gone meanwhile
-            if now - seen[0] <= ttl:
+            now = clocks.get(seen[1])
+            if now is None or now - seen[0] <= ttl:
                 live += 1
                 continue
-            with _in_partition(self.config.clicks_topic, partition):
+            with _in_partition(self.config.clicks_topic, seen[1]):
                 del self.sessions[key]
             expired += 1
         self.metrics.sessions_expired.inc(expired)
@@ -255,14 +387,15 @@ class WorkerRuntime:
         if expired:
             log.info("expired %d idle sessions, %d live", expired, live)
 
+    def _partition_clocks(self) -> dict[int, int | None]:
+        """Each `clicks` partition's event time now (None: unknown, nothing expires there)."""
+        wall_ms = int(time.time() * 1000)
+        partitions = range(self.config.partitions)
+        return {p: self.clock.now(p, wall_ms, self._end_offset(p)) for p in partitions}
 
-def _dead_letter(msg: Any, reason: str) -> DeadLetter:
-    """The reason starts with the field at fault ("timestamp: ..."), as ValidationError's do."""
-    return DeadLetter(
-        reason=reason,
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        original=bytes(msg.value or b""),
-        key=None if msg.key is None else bytes(msg.key),
-    )
+    def _end_offset(self, partition: int) -> int | None:
+        """The partition's end offset as the consumer last fetched it; None if unknown."""
+        try:
+            return self.app.consumer.highwater(TP(self.config.clicks_topic, partition))
+        except Exception:  # noqa: BLE001 - not assigned here, or no consumer yet: unknown
+            return None

@@ -1,11 +1,12 @@
 """What the `sessions` table keeps per session, and its byte encoding.
 
-A value is: a fixed prefix (JSON length, wall time of the last update, partition; little-
+A value is: a fixed prefix (JSON length, event time of the last click, partition; little-
 endian), the JSON header, then the GRU hidden state as raw float32 (n_layers * H_max values).
-The prefix lets the expiry scan read a session's age without decoding it. The header holds
-the recent item history as external ids, so the state can be recomputed under a model with
-another vocabulary, plus the offsets those clicks had, for answering a redelivered click
-after a crash.
+The prefix lets the expiry scan read a session's age without decoding it (older values hold
+the wall time of their last update there; decoding reads the header's fields). The header
+holds the recent item history as external ids, so the state can be recomputed under a model
+with another vocabulary, plus the offsets those clicks had, for answering a redelivered
+click after a crash.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-_PREFIX = struct.Struct("<Iqi")  # header length, touched_ms, partition
+_PREFIX = struct.Struct("<Iqi")  # header length, last_event_ms, partition
 
 
 class SessionDecodeError(ValueError):
@@ -30,7 +31,7 @@ class SessionState:
     items: list[str] = field(default_factory=list)  # recent external item ids, oldest first
     offsets: list[int] = field(default_factory=list)  # clicks offsets of `items`
     last_event_ms: int = 0  # event time of the newest accepted click
-    touched_ms: int = 0  # wall time when the session was last updated (for expiry)
+    touched_ms: int = 0  # wall time when the session was last updated (shown, not for expiry)
     count: int = 0  # accepted clicks over the session's life (history may be shorter)
     model_version: str | None = None  # the version `hidden` was computed with
     hidden: np.ndarray | None = None  # (n_layers, H_max) float32, a cache of the GRU state
@@ -47,18 +48,19 @@ class SessionState:
             "o": self.offsets,
             "t": self.last_event_ms,
             "n": self.count,
+            "u": self.touched_ms,
             "v": self.model_version,
             "s": None if hidden is None else list(hidden.shape),
             "r": self.last_recommendation,
         }
         meta = orjson.dumps(header)
         body = b"" if hidden is None else np.ascontiguousarray(hidden, np.float32).tobytes()
-        return _PREFIX.pack(len(meta), self.touched_ms, self.partition) + meta + body
+        return _PREFIX.pack(len(meta), self.last_event_ms, self.partition) + meta + body
 
     @classmethod
     def decode(cls, raw: bytes) -> SessionState:
         try:
-            size, touched_ms, partition = _PREFIX.unpack_from(raw, 0)
+            size, prefix_ms, partition = _PREFIX.unpack_from(raw, 0)
             start = _PREFIX.size
             header = orjson.loads(raw[start : start + size])
             shape = header["s"]
@@ -71,7 +73,7 @@ class SessionState:
                 items=list(header["i"]),
                 offsets=list(header["o"]),
                 last_event_ms=int(header["t"]),
-                touched_ms=touched_ms,
+                touched_ms=int(header.get("u", prefix_ms)),
                 count=int(header["n"]),
                 model_version=header["v"],
                 hidden=hidden,
@@ -82,9 +84,9 @@ class SessionState:
 
 
 def peek(raw: bytes) -> tuple[int, int] | None:
-    """(touched_ms, partition) of a stored session without decoding it; None if garbage."""
+    """(last_event_ms, partition) of a stored session without decoding it; None if garbage."""
     try:
-        _, touched_ms, partition = _PREFIX.unpack_from(raw, 0)
+        _, last_event_ms, partition = _PREFIX.unpack_from(raw, 0)
     except struct.error:
         return None
-    return touched_ms, partition
+    return last_event_ms, partition

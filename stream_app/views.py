@@ -18,8 +18,11 @@ def register_views(app: faust.App, runtime: WorkerRuntime) -> None:
         async def get(self, request: Request) -> Response:
             model = runtime.holder.model
             ready = model is not None and runtime.follower.caught_up.is_set()
+            # Stopping after a fault, or batches waiting long for Kafka's acks: no progress.
+            problem = runtime.problem()
+            ready = ready and problem is None
             body = {
-                "status": "ok" if ready else "waiting for a model",
+                "status": problem or ("ok" if ready else "waiting for a model"),
                 "model_version": None if model is None else model.version,
                 "partitions": runtime.assigned_partitions(),
                 "uptime_s": round(time.time() - runtime.started_at, 1),
@@ -49,6 +52,10 @@ def register_views(app: faust.App, runtime: WorkerRuntime) -> None:
     @app.page("/sessions/{session_id}")
     class Session(View):
         async def get(self, request: Request, session_id: str) -> Response:
+            if not runtime.config.expose_sessions:
+                # A session's clicks are personal data: off unless --expose-sessions, and the
+                # same 404 for every id, so nobody learns which sessions exist.
+                return self.json({"error": "not found"}, status=404)
             raw = runtime.sessions.get(session_id.encode())
             if raw is None:
                 return self.json(

@@ -86,7 +86,9 @@ def served(tmp_path_factory, kafka_bootstrap):
     tmp = tmp_path_factory.mktemp("served")
     artifact = read_artifact(write_random_artifact(tmp / "v1", version="v1", n_items=300))
     names = Names.fresh()
-    worker = start_worker(tmp, kafka_bootstrap, names, "--model", str(artifact.path))
+    worker = start_worker(
+        tmp, kafka_bootstrap, names, "--model", str(artifact.path), "--expose-sessions"
+    )
     try:
         worker.wait_ready()
         yield worker, names, artifact
@@ -178,7 +180,9 @@ def test_poison_input_goes_to_the_dlq_and_good_clicks_are_answered(served, kafka
     for name, (key, value) in bad.items():
         letter = letters[where[stream.index((key, value))]]
         assert letter.topic == names.clicks
-        assert letter.original == (value or b"") and letter.key == key
+        # A bounded prefix of the value (8 KiB by default), with the whole value's length.
+        assert letter.original == (value or b"")[:8192] and letter.key == key
+        assert letter.original_len == len(value or b"")
         assert letter.reason.split(":")[0] == expected_field[name], (name, letter.reason)
         assert "\n" not in letter.reason
     assert "out of order" in letters[where[stream.index(bad["out of order"])]].reason
@@ -295,7 +299,7 @@ def same_ranking(got, want, tol: float = 1e-4) -> bool:
 def test_idle_sessions_expire_from_the_table_and_its_changelog(tmp_path, kafka_bootstrap):
     artifact = write_random_artifact(tmp_path / "v1", version="v1", n_items=50)
     names = Names.fresh()
-    ttl_args = ("--session-ttl", "2s", "--cleanup-interval", "500ms")
+    ttl_args = ("--session-ttl", "2s", "--cleanup-interval", "500ms", "--expose-sessions")
     worker = start_worker(tmp_path, kafka_bootstrap, names, "--model", str(artifact), *ttl_args)
     try:
         worker.wait_ready()

@@ -147,7 +147,15 @@ def test_history_is_bounded_and_expired_sessions_start_over(models):
     session = SessionState.decode(table["a"])
     assert session.items == ["i2", "i3", "i4"] and session.offsets == [2, 3, 4]
     assert session.count == 5
-    late = answer_batch(v1, [click("a", "i9", 5)], {"a": session}, config, now_ms=NOW + 61_000)
+    # The TTL counts in event time: hours of wall clock (a backlog) do not end a session...
+    hours_later = NOW + 5 * 3_600_000
+    next_click = click("a", "i8", 5, NOW + 60_000)
+    stored = {"a": SessionState.decode(table["a"])}  # answer_batch updates it in place
+    caught_up = answer_batch(v1, [next_click], stored, config, now_ms=hours_later)
+    assert caught_up.restarted == 0 and caught_up.sessions["a"].count == 6
+    # ... a click more than the TTL after the session's last one does.
+    late_click = click("a", "i9", 5, NOW + 61_000)
+    late = answer_batch(v1, [late_click], {"a": session}, config, now_ms=NOW + 61_000)
     assert late.restarted == 1
     assert late.sessions["a"].items == ["i9"] and late.sessions["a"].count == 1
     assert items_of(late.recommendations()[0][1]) == expected(v1, ["i9"])
@@ -197,7 +205,8 @@ def test_session_record_round_trip_and_garbage():
     assert back.items == ["a", "b"] and back.offsets == [7, 9] and back.last_offset == 9
     np.testing.assert_array_equal(back.hidden, state.hidden)
     assert (back.partition, back.model_version, back.last_recommendation) == (3, "v9", {"x": 1})
-    assert peek(state.encode()) == (6, 3)  # touched_ms, partition, without decoding
+    assert back.last_event_ms == 5 and back.touched_ms == 6
+    assert peek(state.encode()) == (5, 3)  # last_event_ms, partition, without decoding
     assert peek(b"short") is None
     with pytest.raises(SessionDecodeError):
         SessionState.decode(b"\x05\x00\x00\x00garbage")
@@ -313,3 +322,10 @@ def test_worker_options_are_checked():
         build_parser().parse_args(["--no-such-option"])
     with pytest.raises(ValueError, match="not a duration"):
         config_from_args(build_parser().parse_args(["--session-ttl", "forever"]))
+    # Failover: 6 s (the broker's minimum) with 1 s heartbeats unless told otherwise.
+    assert (config.broker_session_timeout_s, config.heartbeat_interval_s) == (6.0, 1.0)
+    assert config.group_instance_id is None
+    static = ["--group-instance-id", "w-0", "--broker-session-timeout", "10s"]
+    assert config_from_args(build_parser().parse_args(static)).group_instance_id == "w-0"
+    with pytest.raises(ValueError, match="--heartbeat-interval must be shorter"):
+        config_from_args(build_parser().parse_args(["--heartbeat-interval", "6s"]))
