@@ -1,6 +1,6 @@
 """Training throughput (events/s) and peak memory of GRU4Rec, per dataset and variant.
 
-Each run is `batch_training.train.train` on a dataset split (`batch_training.data.load_split`),
+Each run is `batch_training.train.train` on a dataset split (`batch_training.splits.load_split`),
 in a fresh child process so that its peak memory is its own. Figures are medians over
 `--runs` runs; the ratio column compares each variant with the first one of the same dataset.
 
@@ -43,7 +43,7 @@ def run_once(args: argparse.Namespace) -> dict:
     import torch
 
     from batch_training.config import apply_overrides, load_preset
-    from batch_training.data import load_split
+    from batch_training.splits import load_split
     from batch_training.train import resolve_device, train
 
     if args.threads:

@@ -127,12 +127,13 @@ async def publish_events(
 
 def load_events(args: argparse.Namespace) -> list[ClickEvent]:
     """The events the command line names, sorted by timestamp (stable: file order on ties)."""
-    from schemas import datasets
+    from readers.files import read_event_file
+    from readers.registry import iter_events
 
     if args.dataset:
-        events = list(datasets.iter_events(args.dataset, limit=args.limit))
+        events = list(iter_events(args.dataset, limit=args.limit))
     else:
-        reader = datasets.read_event_file(
+        reader = read_event_file(
             args.file,
             session_col=args.session_col,
             item_col=args.item_col,
@@ -147,7 +148,7 @@ def load_events(args: argparse.Namespace) -> list[ClickEvent]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from schemas.datasets import DATASET_NAMES
+    from readers.paths import DATASET_NAMES
 
     p = argparse.ArgumentParser(
         prog="gru4stream produce",

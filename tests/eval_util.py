@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from batch_training.data import EvalData, SessionData
+from batch_training.sessions import EvalData, SessionData
 
 
 def make_sessions(seqs: list[list[int]]) -> SessionData:

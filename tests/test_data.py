@@ -9,17 +9,23 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from batch_training import data
-from batch_training.data import (
-    EvalData,
-    ItemVocab,
-    SessionData,
-    SplitOptions,
+from batch_training.archive import read_topic_events
+from batch_training.negatives import sample_negatives
+from batch_training.options import SplitOptions
+from batch_training.preprocess import drop_immediate_repeats, filter_support
+from batch_training.sessions import DatasetSplit, EvalData, ItemVocab, SessionData
+from batch_training.splits import (
     load_split,
     split_from_events,
+    split_leave_one_out,
+    split_sessions,
 )
-from schemas import datasets
-from schemas.datasets import Sequences
+from readers.amazon import read_grocery
+from readers.columns import Sequences
+from readers.files import read_event_file
+from readers.paths import dataset_path
+from readers.registry import read_log
+from readers.user_lines import SYNTHETIC_BASE_MS
 from schemas.events import ClickEvent
 
 DAY = timedelta(days=1)
@@ -43,7 +49,7 @@ def sequences(seqs: dict[str, list[str]]) -> Sequences:
     item_arr = np.empty(len(items), dtype=object)
     item_arr[:] = items
     seq = Sequences(ids, offsets, item_arr, np.zeros(len(items), np.int64))
-    return Sequences(ids, offsets, item_arr, datasets.SYNTHETIC_BASE_MS + seq.positions() * 1000)
+    return Sequences(ids, offsets, item_arr, SYNTHETIC_BASE_MS + seq.positions() * 1000)
 
 
 def as_lists(seqs: Sequences) -> dict[str, list[str]]:
@@ -86,7 +92,7 @@ def test_session_data_checks_its_shapes():
 
 def test_immediate_repeats_are_dropped_within_sessions_only():
     seqs = sequences({"s1": ["A", "A", "B", "A", "A"], "s2": ["A", "C", "C"]})
-    out = data.drop_immediate_repeats(seqs)
+    out = drop_immediate_repeats(seqs)
     # s2 starts with the item s1 ended with: a different session, so it stays.
     assert as_lists(out) == {"s1": ["A", "B", "A"], "s2": ["A", "C"]}
     assert out.timestamps.tolist() == [seqs.timestamps[k] for k in (0, 2, 3, 5, 6)]
@@ -95,22 +101,22 @@ def test_immediate_repeats_are_dropped_within_sessions_only():
 def test_iterative_filtering_reaches_a_fixed_point():
     seqs = sequences({"s1": ["A", "B"], "s2": ["A", "C"], "s3": ["C", "D"], "s4": ["B", "A"]})
     # D is rare -> s3 = [C] is too short -> C becomes rare -> s2 = [A] is too short.
-    out = data.filter_support(seqs, min_session_length=2, min_item_support=2)
+    out = filter_support(seqs, min_session_length=2, min_item_support=2)
     assert as_lists(out) == {"s1": ["A", "B"], "s4": ["B", "A"]}
-    again = data.filter_support(out, min_session_length=2, min_item_support=2)
+    again = filter_support(out, min_session_length=2, min_item_support=2)
     assert as_lists(again) == as_lists(out)
     # One round alone would not have been enough.
-    assert as_lists(data.filter_support(seqs, min_session_length=2, min_item_support=1)) == (
+    assert as_lists(filter_support(seqs, min_session_length=2, min_item_support=1)) == (
         as_lists(seqs)
     )
 
 
 def test_repeats_created_by_filtering_are_dropped_too():
     seqs = sequences({"s1": ["A", "X", "A", "B"], "s2": ["A", "B", "B", "A"], "s3": ["B", "A"]})
-    out = data.filter_support(seqs, min_session_length=2, min_item_support=2, drop_repeats=True)
+    out = filter_support(seqs, min_session_length=2, min_item_support=2, drop_repeats=True)
     # X is rare: s1 becomes A A B, then A B.
     assert as_lists(out) == {"s1": ["A", "B"], "s2": ["A", "B", "A"], "s3": ["B", "A"]}
-    kept = data.filter_support(seqs, min_session_length=2, min_item_support=2)
+    kept = filter_support(seqs, min_session_length=2, min_item_support=2)
     assert as_lists(kept)["s1"] == ["A", "A", "B"]
 
 
@@ -183,9 +189,7 @@ def test_split_from_a_file(tmp_path):
         f"{e.session_id},{e.item_id},{e.timestamp // 1000}" for e in time_split_events()
     ]
     path.write_text("\n".join(lines) + "\n")
-    events = datasets.read_event_file(
-        path, session_col="sid", item_col="item", time_col="ts", time_unit="s"
-    )
+    events = read_event_file(path, session_col="sid", item_col="item", time_col="ts", time_unit="s")
     split = split_from_events(events, min_item_support=1, n_negatives=0)
     assert split.train.n_sessions == 3 and split.test.sessions.n_sessions == 2
 
@@ -208,11 +212,11 @@ def test_diginetica_sample_split():
 
 def test_time_split_reproduces_the_given_diginetica_split():
     # The synthetic Diginetica times put the test sessions in the last 7 days.
-    log = datasets.read_log("diginetica")
+    log = read_log("diginetica")
     options = SplitOptions(
         drop_repeats=False, min_session_length=1, min_item_support=1, test_days=7, n_negatives=0
     )
-    split = data.split_sessions("diginetica", log, options)
+    split = split_sessions("diginetica", log, options)
     assert split.train.n_sessions == 186_670 and split.train.n_clicks == 906_140
     assert split.test.sessions.n_sessions == 15_963
     assert split.test.n_targets == 60_858
@@ -223,7 +227,7 @@ def test_time_split_reproduces_the_given_diginetica_split():
 
 def test_leave_one_out_targets():
     seqs = sequences({"u1": list("abcde"), "u2": list("xyz"), "u3": list("pq"), "u4": list("r")})
-    split = data.split_leave_one_out("tiny", seqs, SplitOptions(n_negatives=2, seed=1))
+    split = split_leave_one_out("tiny", seqs, SplitOptions(n_negatives=2, seed=1))
     vocab = split.vocab
     assert external_sessions(split.train, vocab) == {"u1": list("abc")}  # u2's history is 1 item
     test = split.test
@@ -246,7 +250,7 @@ def test_leave_one_out_targets():
 
 
 def test_movielens_100k_leave_one_out_against_the_raw_file():
-    path = datasets.dataset_path("movielens-100k")
+    path = dataset_path("movielens-100k")
     with gzip.open(path, "rt") as f:
         rows = [line.split("\t") for line in f.read().splitlines()]
     by_user: dict[str, list[tuple[int, str]]] = {}
@@ -288,11 +292,11 @@ def test_negatives_are_drawn_uniformly():
     sd = SessionData(
         np.array([0, 4], np.int64), np.array([0, 2]), np.zeros(2, np.int64), np.array(["s"])
     )
-    rows = [data.sample_negatives(sd, 5, 2, np.random.default_rng(k))[0] for k in range(3000)]
+    rows = [sample_negatives(sd, 5, 2, np.random.default_rng(k))[0] for k in range(3000)]
     counts = np.bincount(np.concatenate(rows), minlength=5)
     assert counts[0] == counts[4] == 0
     assert np.allclose(counts[1:4] / 3000, 2 / 3, atol=0.04)
-    assert data.sample_negatives(sd, 5, 4, np.random.default_rng(0)) is None  # too few free
+    assert sample_negatives(sd, 5, 4, np.random.default_rng(0)) is None  # too few free
 
 
 def test_slices_for_tests():
@@ -319,7 +323,7 @@ def test_unknown_options_and_datasets_are_refused():
 
 def test_grocery_uses_the_given_split_and_negatives():
     split = load_split("amazon-grocery")
-    given = datasets.read_grocery()
+    given = read_grocery()
     vocab = split.vocab
     assert vocab.n_items == 8713
     assert split.train.n_sessions == 14_681 and split.train.n_clicks == 121_892
@@ -349,7 +353,7 @@ def test_grocery_slice_keeps_negatives_mappable():
 
 
 @pytest.fixture(scope="module")
-def diginetica_split() -> data.DatasetSplit:
+def diginetica_split() -> DatasetSplit:
     return load_split("diginetica")
 
 
@@ -362,7 +366,7 @@ def test_diginetica_given_split_gives_the_standard_examples(diginetica_split):
     assert (test.eval_from == 1).all()
     assert test.n_targets == 60_858
     # Every prefix -> label line of the file is one (history -> target) example, in order.
-    path = datasets.dataset_path("diginetica", 1)
+    path = dataset_path("diginetica", 1)
     with gzip.open(path, "rt") as f:
         lines = [line.split("\t") for line in f.read().splitlines()]
     examples = []
@@ -403,22 +407,20 @@ def test_read_topic_events_by_time_and_offsets(kafka_settings):
     # Two broken messages (their record time is now).
     produce(kafka_settings, topic, [(b"s0", b"not json"), (b"s1", b'{"session_id": "s1"}')])
 
-    everything = data.read_topic_events(kafka_settings, topic, progress=False)
+    everything = read_topic_events(kafka_settings, topic, progress=False)
     assert everything == sorted(events, key=lambda e: e.timestamp)
     assert everything.n_invalid == 2
     assert sum(stop - start for start, stop in everything.offsets.values()) == 302
 
     start, end = now - 8 * hour, now - 6 * hour
-    window = data.read_topic_events(
-        kafka_settings, topic, start_ms=start, end_ms=end, progress=False
-    )
+    window = read_topic_events(kafka_settings, topic, start_ms=start, end_ms=end, progress=False)
     expected = [e for e in events if start <= e.timestamp < end]
     assert len(expected) == 120
     assert window == expected
     assert window.n_invalid == 0
 
     # An offset range: the first 10 records of partition 0 (only what they hold).
-    part0 = data.read_topic_events(
+    part0 = read_topic_events(
         kafka_settings, topic, start_offsets={0: 0}, end_offsets={0: 10, 1: 0, 2: 0, 3: 0},
         progress=False,
     )  # fmt: skip
@@ -431,4 +433,4 @@ def test_read_topic_events_by_time_and_offsets(kafka_settings):
     }
 
     with pytest.raises(TopicError, match="does not exist"):
-        data.read_topic_events(kafka_settings, unique_topic("missing"), progress=False)
+        read_topic_events(kafka_settings, unique_topic("missing"), progress=False)

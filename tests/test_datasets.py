@@ -11,8 +11,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas import datasets
-from schemas.datasets import DatasetFormatError, read_event_file
+from readers import paths
+from readers.amazon import read_grocery
+from readers.columns import ClickLog
+from readers.diginetica import (
+    DIGINETICA_BASE_MS,
+    DIGINETICA_TRAIN_SLOT_MS,
+    DigineticaSplit,
+    read_diginetica_sample,
+    read_diginetica_split,
+)
+from readers.files import read_event_file
+from readers.movielens import read_movielens_100k
+from readers.parsing import DAY_MS, DatasetFormatError
+from readers.paths import DATASET_NAMES, ENV_VAR, dataset_path, datasets_root
+from readers.registry import iter_events, read_log, read_user_sequences
+from readers.user_lines import SYNTHETIC_BASE_MS
 from schemas.events import ClickEvent
 
 
@@ -24,30 +38,30 @@ def n_distinct(values: np.ndarray) -> int:
     return len(set(values.tolist()))
 
 
-def is_time_ordered(log: datasets.ClickLog) -> bool:
+def is_time_ordered(log: ClickLog) -> bool:
     return bool((np.diff(log.timestamps) >= 0).all())
 
 
 @pytest.fixture(scope="module")
-def diginetica() -> datasets.DigineticaSplit:
-    return datasets.read_diginetica_split()
+def diginetica() -> DigineticaSplit:
+    return read_diginetica_split()
 
 
 # --- the real datasets -----------------------------------------------------------------------
 
 
 def test_datasets_root_default_and_env(monkeypatch, tmp_path):
-    monkeypatch.delenv(datasets.ENV_VAR, raising=False)
-    repo_root = Path(datasets.__file__).resolve().parent.parent
-    assert datasets.datasets_root() == repo_root.parent / "shared" / "datasets"
-    monkeypatch.setenv(datasets.ENV_VAR, str(tmp_path))
-    assert datasets.datasets_root() == tmp_path
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    repo_root = Path(paths.__file__).resolve().parent.parent
+    assert datasets_root() == repo_root.parent / "shared" / "datasets"
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    assert datasets_root() == tmp_path
     with pytest.raises(FileNotFoundError, match="u.data.gz"):
-        datasets.read_movielens_100k()
+        read_movielens_100k()
 
 
 def test_movielens_100k():
-    log = datasets.read_movielens_100k()
+    log = read_movielens_100k()
     assert len(log) == 100_000
     assert n_distinct(log.session_ids) == 943
     assert n_distinct(log.item_ids) == 1682
@@ -58,24 +72,24 @@ def test_movielens_100k():
     # The file's first line `196 242 3 881250949` is in the log with its time in ms.
     hits = (log.session_ids == "196") & (log.item_ids == "242")
     assert log.timestamps[hits].tolist() == [881_250_949_000]
-    events = list(datasets.iter_events("movielens-100k", limit=5))
+    events = list(iter_events("movielens-100k", limit=5))
     assert [e.timestamp for e in events] == log.timestamps[:5].tolist()
     assert all(isinstance(e.item_id, str) for e in events)
 
 
 def test_movielens_100k_ties_keep_file_order():
     # The stable sort keeps file order among equal timestamps: check against the raw file.
-    path = datasets.dataset_path("movielens-100k")
+    path = dataset_path("movielens-100k")
     with gzip.open(path, "rt") as f:
         rows = [line.split("\t") for line in f.read().splitlines()]
     expected = sorted(range(len(rows)), key=lambda k: int(rows[k][3]))  # sorted() is stable
-    log = datasets.read_movielens_100k()
+    log = read_movielens_100k()
     got = list(zip(log.session_ids.tolist(), log.item_ids.tolist(), strict=True))
     assert got == [(rows[k][0], rows[k][1]) for k in expected]
 
 
 def test_movielens_1m_sequences_and_synthetic_times():
-    seqs = datasets.read_user_sequences("movielens-1m")
+    seqs = read_user_sequences("movielens-1m")
     assert len(seqs) == 6040
     assert seqs.n_clicks == 1_000_209
     assert n_distinct(seqs.item_ids) == 3706
@@ -83,7 +97,7 @@ def test_movielens_1m_sequences_and_synthetic_times():
     assert seqs.items_of(0)[:4].tolist() == ["3186", "1721", "1022", "1270"]
     assert seqs.lengths.min() == 20 and seqs.lengths.max() == 2314
     # Synthetic rule: position k of every sequence is at the base + k seconds.
-    expected = datasets.SYNTHETIC_BASE_MS + seqs.positions() * 1000
+    expected = SYNTHETIC_BASE_MS + seqs.positions() * 1000
     assert np.array_equal(seqs.timestamps, expected)
     log = seqs.to_log()
     assert is_time_ordered(log)
@@ -93,16 +107,16 @@ def test_movielens_1m_sequences_and_synthetic_times():
 
 
 def test_yelp():
-    seqs = datasets.read_user_sequences("yelp")
+    seqs = read_user_sequences("yelp")
     assert len(seqs) == 30_431
     assert seqs.n_clicks == 316_354
     assert n_distinct(seqs.item_ids) == 20_033
     assert seqs.lengths.min() == 5 and seqs.lengths.max() == 350
-    assert seqs.timestamps.min() == datasets.SYNTHETIC_BASE_MS
+    assert seqs.timestamps.min() == SYNTHETIC_BASE_MS
 
 
 def test_grocery_given_split():
-    data = datasets.read_grocery()
+    data = read_grocery()
     assert (len(data.train), len(data.dev), len(data.test)) == (121_892, 14_681, 14_681)
     all_items = np.concatenate([data.train.item_ids, data.dev.item_ids, data.test.item_ids])
     assert n_distinct(all_items) == 8713
@@ -123,7 +137,7 @@ def test_grocery_given_split():
     assert seqs.items_of(k)[-1] == "762"
     dev_item = data.dev.item_ids[data.dev.user_ids.tolist().index("6185")]
     assert seqs.items_of(k)[-2] == dev_item
-    log = datasets.read_log("amazon-grocery")
+    log = read_log("amazon-grocery")
     assert len(log) == 151_254 and is_time_ordered(log)
     assert log.timestamps[0] == ms(2000, 8, 9) and log.timestamps[-1] == ms(2014, 7, 23)
 
@@ -148,29 +162,29 @@ def test_diginetica_synthetic_times_put_test_after_train(diginetica):
     train, test = diginetica.train, diginetica.test
     train_starts = train.timestamps[train.offsets[:-1]]
     test_starts = test.timestamps[test.offsets[:-1]]
-    assert train_starts[0] == datasets.DIGINETICA_BASE_MS
-    assert np.all(np.diff(train_starts) == datasets.DIGINETICA_TRAIN_SLOT_MS)
+    assert train_starts[0] == DIGINETICA_BASE_MS
+    assert np.all(np.diff(train_starts) == DIGINETICA_TRAIN_SLOT_MS)
     assert test_starts[0] == ms(2016, 5, 26)  # a full day after the last training click
     assert train.timestamps.max() < test_starts.min()
     # Within a session, one second per click.
     assert np.all(np.diff(test.timestamps[:6]) == 1000)
     # The test sessions fit in the last 7 days: a 7-day window selects exactly them.
-    cutoff = test.timestamps.max() - 7 * datasets.DAY_MS
+    cutoff = test.timestamps.max() - 7 * DAY_MS
     assert (test_starts >= cutoff).all() and (train_starts < cutoff).all()
 
 
 def test_diginetica_events_are_time_ordered():
-    events = list(datasets.iter_events("diginetica", limit=3))
+    events = list(iter_events("diginetica", limit=3))
     assert [e.session_id for e in events] == ["train-1", "train-1", "train-2"]
     assert [e.timestamp for e in events] == [
-        datasets.DIGINETICA_BASE_MS,
-        datasets.DIGINETICA_BASE_MS + 1000,
-        datasets.DIGINETICA_BASE_MS + datasets.DIGINETICA_TRAIN_SLOT_MS,
+        DIGINETICA_BASE_MS,
+        DIGINETICA_BASE_MS + 1000,
+        DIGINETICA_BASE_MS + DIGINETICA_TRAIN_SLOT_MS,
     ]
 
 
 def test_diginetica_sample():
-    log = datasets.read_diginetica_sample()
+    log = read_diginetica_sample()
     assert len(log) == 12_391
     assert n_distinct(log.session_ids) == 2986
     assert n_distinct(log.item_ids) == 7139
@@ -182,19 +196,19 @@ def test_diginetica_sample():
     assert log.timestamps[row].tolist() == [ms(2016, 5, 9) + 526_309]
     assert log.user_ids[row].tolist() == [None]
     assert datetime.fromtimestamp(log.timestamps[0] / 1000, UTC).date().isoformat() == "2016-01-03"
-    named = next(e for e in datasets.iter_events("diginetica-sample") if e.user_id is not None)
+    named = next(e for e in iter_events("diginetica-sample") if e.user_id is not None)
     assert isinstance(named, ClickEvent) and named.user_id in users
 
 
 def test_every_dataset_name_reads():
-    for name in datasets.DATASET_NAMES:
-        events = list(datasets.iter_events(name, limit=10))
+    for name in DATASET_NAMES:
+        events = list(iter_events(name, limit=10))
         assert len(events) == 10, name
         assert all(a.timestamp <= b.timestamp for a, b in zip(events, events[1:], strict=False)), (
             name
         )
     with pytest.raises(ValueError, match="unknown dataset"):
-        list(datasets.iter_events("netflix"))
+        list(iter_events("netflix"))
 
 
 # --- broken dataset files under another root --------------------------------------------------
@@ -210,22 +224,22 @@ def write_gz(path: Path, text: str) -> Path:
 def test_broken_movielens_file_names_file_and_line(tmp_path):
     path = write_gz(tmp_path / "movielens-100k/u.data.gz", "1\t2\t3\t880000000\n1\t5\t3\n")
     with pytest.raises(DatasetFormatError, match=r"u\.data\.gz, line 2: expected 4"):
-        datasets.read_movielens_100k(tmp_path)
+        read_movielens_100k(tmp_path)
     write_gz(path, "1\t2\t3\t880000000\n1\t5\t3\tyesterday\n")
     with pytest.raises(DatasetFormatError, match=r"line 2: timestamp 'yesterday'"):
-        datasets.read_movielens_100k(tmp_path)
+        read_movielens_100k(tmp_path)
     write_gz(path, "")
     with pytest.raises(DatasetFormatError, match="empty file"):
-        datasets.read_movielens_100k(tmp_path)
+        read_movielens_100k(tmp_path)
 
 
 def test_bad_item_id_in_a_sequence_file_names_its_line(tmp_path):
     write_gz(tmp_path / "yelp-s3rec/Yelp.txt.gz", "1 2 3\n2 4 5 6\n3 7 x 9\n")
     with pytest.raises(DatasetFormatError, match=r"Yelp\.txt\.gz, line 3: item id 'x'"):
-        datasets.read_user_sequences("yelp", root=tmp_path)
+        read_user_sequences("yelp", root=tmp_path)
     write_gz(tmp_path / "yelp-s3rec/Yelp.txt.gz", "1 2 3\n2\n")
     with pytest.raises(DatasetFormatError, match="line 2: expected a user id and at least 1"):
-        datasets.read_user_sequences("yelp", root=tmp_path)
+        read_user_sequences("yelp", root=tmp_path)
 
 
 def test_broken_diginetica_prefixes_are_refused(tmp_path):
@@ -233,14 +247,14 @@ def test_broken_diginetica_prefixes_are_refused(tmp_path):
     write_gz(root / "diginetica/srgnn-split/train_sessions.txt.gz", "1 2\n3 4 5\n")
     test_path = root / "diginetica/srgnn-split/test_prefix_label.tsv.gz"
     write_gz(test_path, "1 2 3\t4\n1 2\t3\n1\t2\n5\t6")
-    split = datasets.read_diginetica_split(root)
+    split = read_diginetica_split(root)
     assert [split.test.items_of(s).tolist() for s in range(2)] == [["1", "2", "3", "4"], ["5", "6"]]
     write_gz(test_path, "1 2 3\t4\n1 9\t3\n1\t9\n")  # second line is not the head of the first
     with pytest.raises(DatasetFormatError, match="line 2: prefix is one shorter"):
-        datasets.read_diginetica_split(root)
+        read_diginetica_split(root)
     write_gz(test_path, "1 2 3\t4\n1 2\t3\n7 8\t9\n7\t8\n")  # first session stops at length 2
     with pytest.raises(DatasetFormatError, match="line 2: session ends at a prefix of length 2"):
-        datasets.read_diginetica_split(root)
+        read_diginetica_split(root)
 
 
 def test_broken_grocery_negatives_are_refused(tmp_path):
@@ -250,13 +264,13 @@ def test_broken_grocery_negatives_are_refused(tmp_path):
     write_gz(folder / "dev.csv.gz", good)
     write_gz(folder / "test.csv.gz", good + "2\t5\t300\t[3]\n")
     with pytest.raises(DatasetFormatError, match=r"test\.csv\.gz, line 3: 1 negatives"):
-        datasets.read_grocery(tmp_path)
+        read_grocery(tmp_path)
     write_gz(folder / "test.csv.gz", good + "2\t5\t300\t[3, x]\n")
     with pytest.raises(DatasetFormatError, match=r"line 3: negative item id ' x'"):
-        datasets.read_grocery(tmp_path)
+        read_grocery(tmp_path)
     write_gz(folder / "test.csv.gz", "user\titem_id\ttime\tneg_items\n")
     with pytest.raises(DatasetFormatError, match=r"test\.csv\.gz, line 1: header"):
-        datasets.read_grocery(tmp_path)
+        read_grocery(tmp_path)
 
 
 # --- generic event files ---------------------------------------------------------------------

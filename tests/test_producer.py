@@ -13,7 +13,7 @@ from kafka_util import consume_all, partition_count, topic_config, unique_topic
 from deploy.kafka.broker import free_port
 from gru4stream import cli
 from gru4stream.produce import align_times, publish_events
-from schemas.datasets import iter_events
+from readers.registry import iter_events
 from schemas.events import ClickEvent, decode_click
 from schemas.topics import CLICKS
 
