@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from batch_training.model import GRU4Rec  # noqa: E402
 from schemas.artifact import Artifact, Manifest  # noqa: E402
 from schemas.events import ClickEvent  # noqa: E402
+from scoring import ServingModel  # noqa: E402
 from stream_app.core import Click, CoreConfig, answer_batch  # noqa: E402
-from stream_app.inference import ServingModel  # noqa: E402
 from stream_app.sessions import SessionState  # noqa: E402
 from stream_app.synthetic import random_weights  # noqa: E402
 

@@ -42,7 +42,7 @@ from schemas.events import (
     ValidationLimits,
     decode_click,
 )
-from stream_app.inference import ServingModel
+from scoring import ServingModel
 from stream_app.sessions import SessionState
 
 

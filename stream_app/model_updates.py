@@ -29,7 +29,7 @@ from kafka_io.clients import consumer
 from kafka_io.settings import KafkaSettings
 from schemas.artifact import MANIFEST, ArtifactError, read_artifact
 from schemas.events import ModelUpdate, ValidationError, decode_model_update
-from stream_app.inference import ServingModel
+from scoring import ServingModel
 from stream_app.trust import TrustPolicy
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from schemas.events import DeadLetter, ValidationError, encode
+from scoring import ServingModel
 from stream_app.config import WorkerConfig
 from stream_app.core import BatchResult, Click, answer_batch, decode_message
 from stream_app.delivery import STALLED_AFTER_S, AckGate, record_fits
 from stream_app.expiry import EventClock
-from stream_app.inference import ServingModel
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_updates import ModelHolder, ModelUpdateFollower, SwapRecord
 from stream_app.sessions import SessionDecodeError, SessionState, peek

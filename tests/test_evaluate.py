@@ -19,6 +19,7 @@ from batch_training.evaluate import (
 )
 from batch_training.metrics import ranks_among_candidates
 from schemas.artifact import Manifest, expected_shapes, read_artifact, write_artifact
+from scoring import ServingModel
 from tests.eval_util import make_eval
 
 
@@ -214,37 +215,22 @@ def random_artifact(tmp_path, input_kind, layers=(6, 5), n_items=9, emb=4, seed=
 
 
 @pytest.mark.parametrize("input_kind", ["shared", "embedding", "onehot"])
-def test_artifact_scorer_matches_torch_gru_cells(tmp_path, input_kind):
+def test_artifact_scorer_is_the_scoring_core(tmp_path, input_kind):
+    """ArtifactScorer adapts the core to the evaluation loop: the core's state and scores
+    (its parity with torch is tests/test_scoring.py), a reset row back at the start."""
     art = random_artifact(tmp_path, input_kind)
-    w = {k: torch.from_numpy(v) for k, v in art.weights.items()}
-    cells = []
-    in_dim = {"shared": 5, "embedding": 4, "onehot": 9}[input_kind]
-    for i, h in enumerate(art.manifest.layers):
-        cell = torch.nn.GRUCell(in_dim, h)
-        with torch.no_grad():
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(cell, name).copy_(w[f"gru.{i}.{name}"])
-        cells.append(cell)
-        in_dim = h
+    core = ServingModel.from_artifact(art)
     scorer = ArtifactScorer(art)
     assert isinstance(scorer, SessionScorer)
     seq = torch.tensor([[3, 1], [0, 8], [3, 3]])  # (T, B)
     state = scorer.init_state(2)
-    hs = [torch.zeros(2, h) for h in art.manifest.layers]
-    for items in seq:
+    for t, items in enumerate(seq):
         state, scores = scorer.step(state, items)
-        with torch.no_grad():
-            if input_kind == "onehot":
-                x = torch.nn.functional.one_hot(items, 9).float()
-            else:
-                x = w["output_weight" if input_kind == "shared" else "item_embedding"][items]
-            for i, cell in enumerate(cells):
-                hs[i] = x = cell(x, hs[i])
-            want = x @ w["output_weight"].T + w["output_bias"]
-        torch.testing.assert_close(scores, want, rtol=1e-5, atol=1e-5)
+        want = core.scores(core.run(seq[: t + 1].T.tolist()))
+        torch.testing.assert_close(scores, torch.from_numpy(want), rtol=0, atol=0)
+        torch.testing.assert_close(scorer.score_rows(state, torch.tensor([1])), scores[1:])
     state = scorer.reset(state, torch.tensor([True, False]))
-    assert torch.all(state[0][0] == 0) and torch.all(state[1][0] == 0)
-    assert torch.any(state[0][1] != 0)
+    assert not state[0].any() and state[1].any()
 
 
 def test_map_to_vocab_skips_unknown_clicks_and_negatives():

@@ -19,8 +19,8 @@ from deploy.kafka import broker
 from deploy.kafka.broker import BrokerConfig, free_port
 from schemas.artifact import read_artifact
 from schemas.events import decode_recommendation
+from scoring import ServingModel
 from stream_app.harness import BackgroundProducer, WorkerProcess, click_message
-from stream_app.inference import ServingModel
 from stream_app.synthetic import write_random_artifact
 from tests.kafka_util import consume_all, produce
 from tests.test_worker import (

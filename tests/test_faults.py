@@ -22,8 +22,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from kafka_io.clients import admin, consumer
 from schemas.artifact import read_artifact
 from schemas.events import decode_dead_letter
+from scoring import ServingModel
 from stream_app.harness import WorkerProcess, click_message
-from stream_app.inference import ServingModel
 from stream_app.runtime import TEST_FAIL_BATCH_ENV
 from stream_app.synthetic import write_random_artifact
 from tests.kafka_util import consume_all, create_topic, produce, settings_of

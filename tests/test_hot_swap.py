@@ -10,8 +10,8 @@ import pytest
 from schemas.artifact import WEIGHTS, manifest_checksum, read_artifact, read_manifest
 from schemas.events import ModelUpdate, decode_dead_letter, encode
 from schemas.topics import MODEL_UPDATE_KEY, MODEL_UPDATES, spec_named
+from scoring import ServingModel
 from stream_app.harness import BackgroundProducer, click_message
-from stream_app.inference import ServingModel
 from stream_app.synthetic import write_random_artifact
 from tests.kafka_util import consume_all, create_topic, produce
 from tests.test_worker import T0, Names, items, offline_answers, recommendations, start_worker

@@ -12,14 +12,15 @@ import orjson
 import pytest
 import torch
 
+from batch_training.model import GRU4Rec
 from schemas.artifact import read_artifact
 from schemas.events import ClickEvent, decode_dead_letter, decode_recommendation
+from scoring import ServingModel
 from stream_app.core import Click, CoreConfig, answer_batch
 from stream_app.harness import BackgroundProducer, WorkerProcess, click_message
-from stream_app.inference import ServingModel
 from stream_app.synthetic import write_random_artifact
 from tests.kafka_util import consume_all, produce
-from tests.test_inference import TorchReference
+from tests.test_scoring import torch_scores_after
 
 pytestmark = pytest.mark.kafka
 T0 = int(time.time() * 1000) - 3_600_000  # an hour ago: valid, and in order
@@ -98,7 +99,7 @@ def served(tmp_path_factory, kafka_bootstrap):
 
 def test_each_click_gets_one_answer_equal_to_the_torch_model(served, kafka_bootstrap):
     worker, names, artifact = served
-    reference = TorchReference(artifact)
+    reference = GRU4Rec.from_artifact(artifact)  # the training model
     rng = np.random.default_rng(5)
     sessions = {f"e2e-{s}": [f"i{i}" for i in rng.integers(0, 300, 4)] for s in range(5)}
     clicks = [(sid, seq[t], T0 + 1000 * t) for t in range(4) for sid, seq in sessions.items()]
@@ -116,7 +117,7 @@ def test_each_click_gets_one_answer_equal_to_the_torch_model(served, kafka_boots
         t = sessions[sid].index(item) if sessions[sid].count(item) == 1 else None
         prefix = sessions[sid][: (ts - T0) // 1000 + 1]
         assert t is None or prefix[-1] == item
-        scores = torch.from_numpy(reference.scores_after([int(i[1:]) for i in prefix]))
+        scores = torch.from_numpy(torch_scores_after(reference, [int(i[1:]) for i in prefix]))
         scores[[int(i[1:]) for i in prefix]] = -torch.inf  # the worker leaves seen items out
         want = [f"i{i}" for i in torch.topk(scores, 20).indices.tolist()]
         assert items(rec) == want

@@ -7,9 +7,9 @@ import pytest
 
 from schemas.artifact import read_artifact
 from schemas.events import ClickEvent, Recommendation, ValidationError
+from scoring import ServingModel
 from stream_app.config import parse_duration
 from stream_app.core import Click, CoreConfig, answer_batch, decode_message
-from stream_app.inference import ServingModel
 from stream_app.sessions import SessionDecodeError, SessionState, peek
 from stream_app.synthetic import write_random_artifact
 

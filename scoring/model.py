@@ -1,91 +1,34 @@
-"""The serving path: a numpy GRU step over a micro-batch and a FAISS top-K search.
+"""A servable model: an artifact's weights, its item vocabulary and the batched GRU step.
 
-The worker, the hot swap and replay all score sessions through `ServingModel`, so what is
-measured offline is what is served. The GRU equations are the ones fixed in
+Everything that scores an artifact goes through `ServingModel`: the worker, the hot swap,
+replay, `evaluate --model` and the retrain gate (`batch_training.evaluate.ArtifactScorer`),
+so what is measured offline is what is served. The GRU equations are the ones fixed in
 `schemas.artifact` (torch GRUCell conventions); `scores` equals the torch model's output for
-the same prefix, and `recommend` returns the same top-K from FAISS.
+the same prefix (tests/test_scoring.py), and `recommend` returns the same top-K from FAISS
+(`scoring.search`).
 
 State layout: one float32 array (B, n_layers, H_max) per batch; layer l uses the first
 layers[l] columns. A row of zeros is the start of a session. An unknown item (index -1)
 leaves its row unchanged, so a session whose items were all unknown keeps an all-zero state
 and gets the popularity fallback from `recommend`.
-
-Search: the output bias is folded into the inner product by one extra dimension,
-query [h, 1] . item [Wy_i, by_i] = h . Wy_i + by_i, so the top-K by inner product is the
-top-K by score. Exact search (IndexFlatIP) up to `exact_max_items` items, HNSW above.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from schemas.artifact import Artifact
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServingOptions:
-    # Exact search is fast enough up to ~100k items at micro-batch sizes; HNSW above.
-    exact_max_items: int = 100_000
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
-    # Precompute item -> first-layer input gates when the table stays below this size.
-    gate_table_max_bytes: int = 512 * 1024 * 1024
-    # FAISS OpenMP threads; one per worker so workers scale by process, not by thread.
-    faiss_threads: int = 1
-    # Exact search goes through BLAS (sgemm + heap) from this many queries per call. FAISS's
-    # default switches only at nq * d >= 128000 (~1000 queries at d=128); below that a
-    # per-query loop is 3-7x slower at micro-batch sizes. Note: a process-wide FAISS setting.
-    blas_min_queries: int = 4
-    # Threads for building an HNSW index only (a one-off cost at load or swap time).
-    build_threads: int = 1
+from scoring import search
+from scoring.search import ServingOptions, first_valid, pad_ragged
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     # The tanh form never overflows, unlike 1 / (1 + exp(-x)) for large negative x.
     return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def pad_ragged(rows: Sequence[Sequence[int]] | np.ndarray | None, n: int) -> np.ndarray | None:
-    """Item-index lists of any lengths -> (n, max_len) int64, padded with -1."""
-    if rows is None:
-        return None
-    if isinstance(rows, np.ndarray) and rows.ndim == 2:
-        return rows.astype(np.int64, copy=False)
-    if len(rows) != n:
-        raise ValueError(f"exclude has {len(rows)} rows, the batch has {n}")
-    width = max((len(r) for r in rows), default=0)
-    out = np.full((n, max(width, 1)), -1, dtype=np.int64)
-    for i, r in enumerate(rows):
-        if len(r):
-            out[i, : len(r)] = r
-    return out
-
-
-def _first_valid(
-    labels: np.ndarray, scores: np.ndarray, valid: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the first k entries where `valid` holds, in order; -1 / -inf where short."""
-    # A stable sort of ~valid moves the valid columns to the front without reordering them.
-    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(labels, order, axis=1)
-    top_scores = np.take_along_axis(scores, order, axis=1)
-    ok = np.take_along_axis(valid, order, axis=1)
-    top[~ok] = -1
-    top_scores[~ok] = -np.inf
-    if top.shape[1] < k:  # catalogue smaller than k
-        pad = k - top.shape[1]
-        top = np.pad(top, ((0, 0), (0, pad)), constant_values=-1)
-        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return top, top_scores
 
 
 class ServingModel:
@@ -160,32 +103,11 @@ class ServingModel:
         faiss.omp_set_num_threads(max(opts.faiss_threads, 1))
         return cls(artifact, opts)
 
-    def _build_index(self) -> faiss.Index:
-        # Items as [Wy_i, by_i] (n, H_last + 1) so that [h, 1] . item = score.
-        vectors = np.ascontiguousarray(
-            np.concatenate([self.output_weight, self.output_bias[:, None]], axis=1)
-        )
-        dim = vectors.shape[1]
-        faiss.cvar.distance_compute_blas_threshold = max(self.options.blas_min_queries, 1) * dim
-        if self.exact:
-            index = faiss.IndexFlatIP(dim)
-            index.add(vectors)
-            return index
-        index = faiss.IndexHNSWFlat(dim, self.options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = self.options.hnsw_ef_construction
-        started = time.perf_counter()
-        faiss.omp_set_num_threads(max(self.options.build_threads, 1))
-        try:
-            index.add(vectors)
-        finally:
-            faiss.omp_set_num_threads(max(self.options.faiss_threads, 1))
-        log.info(
-            "model %s: HNSW index over %d items built in %.1f s",
-            self.version,
-            self.n_items,
-            time.perf_counter() - started,
-        )
-        return index
+    def _build_index(self) -> faiss.Index | None:
+        if not self.options.search_index:
+            return None
+        vectors = search.item_vectors(self.output_weight, self.output_bias)
+        return search.build_index(vectors, self.options, self.version)
 
     # --- items ---------------------------------------------------------------------------
 
@@ -262,8 +184,8 @@ class ServingModel:
     # --- scoring -------------------------------------------------------------------------
 
     def scores(self, state: np.ndarray) -> np.ndarray:
-        """Exact scores of every item, (B, n_items): h_last @ Wy.T + by."""
-        return self.last_hidden(state) @ self.output_weight.T + self.output_bias
+        """Exact scores of every item, (B, n_items): h_last @ Wy.T + by (`search.scores`)."""
+        return search.scores(self.last_hidden(state), self.output_weight, self.output_bias)
 
     @staticmethod
     def empty_rows(state: np.ndarray) -> np.ndarray:
@@ -297,28 +219,18 @@ class ServingModel:
         found = np.full((batch, fetch), -np.inf, dtype=np.float32)
         model_rows = np.flatnonzero(~pop)
         if model_rows.size:
-            h = self.last_hidden(state[model_rows])
-            query = np.empty((model_rows.size, h.shape[1] + 1), dtype=np.float32)
-            query[:, :-1] = h
-            query[:, -1] = 1.0
-            if self.exact:
-                d, i = self.index.search(query, fetch)
-            else:
-                params = faiss.SearchParametersHNSW()
-                params.efSearch = max(self.options.hnsw_ef_search, fetch)
-                d, i = self.index.search(query, fetch, params=params)
+            if self.index is None:
+                raise RuntimeError(f"model {self.version} was loaded without a search index")
+            d, i = search.search(
+                self.index, self.last_hidden(state[model_rows]), fetch, self.options
+            )
             labels[model_rows] = i
             found[model_rows] = d
         pop_rows = np.flatnonzero(pop)
         if pop_rows.size:
             labels[pop_rows] = self.popular[:fetch]
             found[pop_rows] = self.item_support[self.popular[:fetch]].astype(np.float32)
-
-        valid = labels >= 0
-        if excl is not None:
-            # (B, fetch, 1) == (B, 1, E): at most (k + 50) * 50 compares per row.
-            valid &= ~(labels[:, :, None] == excl[:, None, :]).any(axis=2)
-        return _first_valid(labels, found, valid, k)
+        return search.top_k_excluding(labels, found, excl, k)
 
     def recommend_exhaustive(
         self,
@@ -342,4 +254,4 @@ class ServingModel:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         top_scores = np.take_along_axis(scores, order, axis=1)
         valid = np.isfinite(top_scores)
-        return _first_valid(order, top_scores, valid, k)
+        return first_valid(order, top_scores, valid, k)

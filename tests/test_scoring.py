@@ -1,4 +1,4 @@
-"""The serving core against a torch reference, and its edge cases."""
+"""The scoring core: its one parity test with the training model, search and edge cases."""
 
 from __future__ import annotations
 
@@ -6,49 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from batch_training.model import GRU4Rec
 from schemas.artifact import Artifact, read_artifact
-from stream_app.inference import ServingModel, pad_ragged
+from scoring import ServingModel, pad_ragged
 from stream_app.synthetic import write_random_artifact
 
 torch.set_num_threads(1)
-
-
-class TorchReference:
-    """GRU4Rec's forward pass built from torch.nn.GRUCell and the artifact's weights."""
-
-    def __init__(self, artifact: Artifact) -> None:
-        m, w = artifact.manifest, artifact.weights
-        self.kind = m.input_kind
-        self.cells = []
-        in_dim = {"onehot": m.n_items, "embedding": m.embedding_dim}.get(m.input_kind)
-        in_dim = m.layers[-1] if in_dim is None else in_dim
-        for layer, hidden in enumerate(m.layers):
-            cell = torch.nn.GRUCell(in_dim, hidden)
-            with torch.no_grad():
-                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    getattr(cell, name).copy_(torch.from_numpy(w[f"gru.{layer}.{name}"]))
-            self.cells.append(cell)
-            in_dim = hidden
-        self.wy = torch.from_numpy(w["output_weight"])
-        self.by = torch.from_numpy(w["output_bias"])
-        self.emb = torch.from_numpy(w["item_embedding"]) if self.kind == "embedding" else None
-        self.n_items = m.n_items
-
-    @torch.no_grad()
-    def scores_after(self, sequence: list[int]) -> np.ndarray:
-        hidden = [torch.zeros(1, c.hidden_size) for c in self.cells]
-        for item in sequence:
-            idx = torch.tensor([item])
-            if self.kind == "onehot":
-                x = torch.nn.functional.one_hot(idx, self.n_items).float()
-            elif self.kind == "shared":
-                x = self.wy[idx]
-            else:
-                x = self.emb[idx]
-            for layer, cell in enumerate(self.cells):
-                hidden[layer] = cell(x, hidden[layer])
-                x = hidden[layer]
-        return (hidden[-1] @ self.wy.T + self.by)[0].numpy()
 
 
 def _model(tmp_path, **kw) -> tuple[ServingModel, Artifact]:
@@ -62,39 +25,18 @@ def _sessions(n_items: int, n: int, max_len: int, seed: int = 1) -> list[list[in
     return [list(rng.integers(0, n_items, rng.integers(1, max_len + 1))) for _ in range(n)]
 
 
-@pytest.mark.parametrize(
-    "kind,layers",
-    [("shared", (24,)), ("embedding", (24,)), ("onehot", (24,)), ("embedding", (20, 12))],
-)
-def test_scores_match_torch_for_every_prefix(tmp_path, kind, layers):
-    model, artifact = _model(tmp_path, n_items=60, layers=layers, input_kind=kind)
-    reference = TorchReference(artifact)
-    sessions = _sessions(60, 8, 6)
-    # Step all sessions together, as the worker does, padding short ones with -1.
-    padded = pad_ragged(sessions, len(sessions))
-    state = model.initial_state(len(sessions))
-    for t in range(padded.shape[1]):
-        state = model.step(state, padded[:, t])
-        for row, session in enumerate(sessions):
-            if t < len(session):
-                want = reference.scores_after(session[: t + 1])
-                got = model.scores(state[row : row + 1])[0]
-                np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
-
-
 @pytest.mark.parametrize("kind", ["shared", "onehot"])
 def test_recommend_returns_the_exact_top_k(tmp_path, kind):
-    model, artifact = _model(tmp_path, n_items=200, input_kind=kind)
-    reference = TorchReference(artifact)
+    model, _ = _model(tmp_path, n_items=200, input_kind=kind)
     sessions = _sessions(200, 16, 5, seed=3)
     state = model.run(sessions)
     top, top_scores = model.recommend(state, 10)
-    for row, session in enumerate(sessions):
-        want = reference.scores_after(session)
-        np.testing.assert_allclose(top_scores[row], want[top[row]], atol=1e-4)
-        # The k-th best torch score bounds every returned score from below.
-        assert top_scores[row][-1] >= np.sort(want)[-10] - 1e-4
-        assert list(top[row]) == list(np.argsort(-want, kind="stable")[:10])
+    want = model.scores(state)  # the one scoring formula, every item
+    np.testing.assert_allclose(top_scores, np.take_along_axis(want, top, axis=1), atol=1e-4)
+    for row in range(len(sessions)):
+        assert list(top[row]) == list(np.argsort(-want[row], kind="stable")[:10])
+    exhaustive, _ = model.recommend_exhaustive(state, 10)
+    np.testing.assert_array_equal(exhaustive, top)
 
 
 def test_gate_table_and_direct_input_agree(tmp_path):
@@ -181,33 +123,52 @@ def test_unknown_options_are_refused(tmp_path):
         ServingModel.from_artifact(artifact, exact_max_itemz=5)
 
 
-@pytest.mark.parametrize(
-    "kind,layers", [("shared", (24,)), ("embedding", (20, 12)), ("onehot", (16, 8))]
-)
-def test_scores_match_the_training_model(tmp_path, kind, layers):
-    """Parity with batch_training's GRU4Rec loaded from the same artifact (eval mode)."""
-    from batch_training.model import GRU4Rec
+def torch_scores_after(torch_model: GRU4Rec, sequence: list[int]) -> np.ndarray:
+    """The training model's scores (n_items,) after feeding one session, in eval mode."""
+    with torch.no_grad():
+        hidden = torch_model.init_hidden(1)
+        for item in sequence:
+            out, hidden = torch_model.step(torch.tensor([int(item)]), hidden)
+        return torch_model.score_all(out)[0].numpy()
 
+
+@pytest.mark.parametrize(
+    "kind,layers",
+    [("shared", (24,)), ("embedding", (24,)), ("onehot", (16, 8)), ("embedding", (20, 12))],
+)
+def test_scores_and_top_k_match_the_training_model(tmp_path, kind, layers):
+    """THE parity test: batch_training's GRU4Rec (torch, loaded from the artifact, eval mode)
+    and the scoring core give the same scores after every prefix and the same top-K.
+
+    The core steps all sessions as one batch, short ones padded with -1, as the worker does.
+    """
     model, artifact = _model(tmp_path, n_items=70, layers=layers, input_kind=kind)
     torch_model = GRU4Rec.from_artifact(artifact)
-    sessions = _sessions(70, 6, 5, seed=11)
+    sessions = _sessions(70, 8, 6, seed=11)
     padded = pad_ragged(sessions, len(sessions))
     state = model.initial_state(len(sessions))
-    with torch.no_grad():
-        for session in sessions:
-            hidden = torch_model.init_hidden(1)
-            for t, item in enumerate(session):
-                out, hidden = torch_model.step(torch.tensor([item]), hidden)
-                want = torch_model.score_all(out)[0].numpy()
-                prefix = model.run([session[: t + 1]])
-                np.testing.assert_allclose(model.scores(prefix)[0], want, atol=1e-4, rtol=0)
     for t in range(padded.shape[1]):
         state = model.step(state, padded[:, t])
-    top, _ = model.recommend(state, 10)
-    with torch.no_grad():
         for row, session in enumerate(sessions):
-            hidden = torch_model.init_hidden(1)
-            for item in session:
-                out, hidden = torch_model.step(torch.tensor([item]), hidden)
-            want = torch.topk(torch_model.score_all(out)[0], 10).indices.tolist()
-            assert top[row].tolist() == want
+            if t < len(session):
+                want = torch_scores_after(torch_model, session[: t + 1])
+                got = model.scores(state[row : row + 1])[0]
+                np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    top, _ = model.recommend(state, 10)
+    for row, session in enumerate(sessions):
+        want = torch.topk(torch.from_numpy(torch_scores_after(torch_model, session)), 10)
+        assert top[row].tolist() == want.indices.tolist()
+
+
+def test_a_model_without_search_index_scores_but_does_not_search(tmp_path):
+    """Offline evaluation loads without FAISS (`search_index=False`): the same scores."""
+    artifact = read_artifact(write_random_artifact(tmp_path / "m", n_items=40))
+    served = ServingModel.from_artifact(artifact)
+    scorer = ServingModel.from_artifact(artifact, search_index=False)
+    assert scorer.index is None
+    sessions = _sessions(40, 5, 4)
+    np.testing.assert_array_equal(
+        scorer.scores(scorer.run(sessions)), served.scores(served.run(sessions))
+    )
+    with pytest.raises(RuntimeError, match="without a search index"):
+        scorer.recommend(scorer.run(sessions), 5)
