@@ -8,9 +8,10 @@ Two protocols:
   (EvalData.negatives); HR/NDCG at 5 and 10, as in the paper this project started from.
 Ties are counted against the model in both (see schemas.metrics).
 
-The loop keeps B session lanes: each step feeds one item per lane and scores the next; a lane
-whose session ends takes the next session and its state row is reset. Sessions are dealt
-longest first so the lanes drain together. Memory is one (B, n_items) score block at a time.
+The loop is training's session-parallel iterator (batch_training.lanes): B lanes, each step
+feeds one item per lane and scores the next; a lane whose session ends takes the next session
+and its state row is reset. Sessions are dealt longest first so the lanes drain together.
+Memory is one (B, n_items) score block at a time.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from batch_training.lanes import fixed_rows, session_parallel_batches
 from batch_training.metrics import ranks_among_candidates, ranks_from_scores
 from schemas.artifact import Artifact
 from schemas.metrics import MetricAccumulator
+from scoring import ServingModel
 
 log = logging.getLogger(__name__)
 
@@ -100,68 +103,38 @@ class GRU4RecScorer:
 
 
 class ArtifactScorer:
-    """SessionScorer straight from an artifact's weights, following the GRU step written in
-    schemas.artifact; evaluates exactly what a worker would serve."""
+    """SessionScorer over an artifact through the scoring core (`scoring.ServingModel`): the
+    worker's own GRU step and score formula, so this evaluates exactly what a worker serves.
 
-    def __init__(self, artifact: Artifact, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
+    The state is the core's float32 array (B, n_layers, H_max) on the CPU; an item index of
+    -1 leaves its lane unchanged (the serving rule). Scores come back as CPU tensors.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, artifact: Artifact) -> None:
+        # No FAISS index: evaluation ranks every item, it never searches a top-K.
+        self.model = ServingModel.from_artifact(artifact, search_index=False)
         self.manifest = artifact.manifest
-        self.n_items = self.manifest.n_items
-        w = {
-            k: torch.from_numpy(np.asarray(v, np.float32)).to(self.device)
-            for k, v in artifact.weights.items()
-        }
-        self.layers = [
-            tuple(w[f"gru.{i}.{name}"] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-            for i in range(len(self.manifest.layers))
-        ]
-        self.output_weight = w["output_weight"]
-        self.output_bias = w["output_bias"]
-        kind = self.manifest.input_kind
-        # onehot: W_ih @ onehot(i) is column i of W_ih, i.e. a row of its transpose
-        self.input_table = {
-            "shared": self.output_weight,
-            "embedding": w.get("item_embedding"),
-            "onehot": self.layers[0][0].t() if kind == "onehot" else None,
-        }[kind]
+        self.n_items = self.model.n_items
 
-    def init_state(self, batch_size: int) -> list[torch.Tensor]:
-        return [torch.zeros(batch_size, h, device=self.device) for h in self.manifest.layers]
+    def init_state(self, batch_size: int) -> np.ndarray:
+        return self.model.initial_state(batch_size)
 
-    @torch.no_grad()
-    def advance(self, state: list[torch.Tensor], items: torch.Tensor) -> list[torch.Tensor]:
-        x = self.input_table[items.to(self.device)]  # (B, in_0)
-        new_state = []
-        for i, ((w_ih, w_hh, b_ih, b_hh), h) in enumerate(zip(self.layers, state, strict=True)):
-            if i == 0 and self.manifest.input_kind == "onehot":
-                gx = x + b_ih  # the lookup above already is W_ih @ onehot
-            else:
-                gx = x @ w_ih.t() + b_ih  # (B, 3H)
-            gh = h @ w_hh.t() + b_hh
-            xr, xz, xn = gx.chunk(3, dim=1)
-            hr, hz, hn = gh.chunk(3, dim=1)
-            r = torch.sigmoid(xr + hr)
-            z = torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + r * hn)
-            h = (1 - z) * n + z * h
-            new_state.append(h)
-            x = h
-        return new_state
+    def advance(self, state: np.ndarray, items: torch.Tensor) -> np.ndarray:
+        return self.model.step(state, items.cpu().numpy())
 
-    @torch.no_grad()
-    def step(
-        self, state: list[torch.Tensor], items: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def step(self, state: np.ndarray, items: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         state = self.advance(state, items)
-        return state, state[-1] @ self.output_weight.t() + self.output_bias
+        return state, torch.from_numpy(self.model.scores(state))
 
-    @torch.no_grad()
-    def score_rows(self, state: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-        return state[-1][rows] @ self.output_weight.t() + self.output_bias
+    def score_rows(self, state: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.model.scores(state[rows.cpu().numpy()]))
 
-    def reset(self, state: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
-        keep = (~mask.to(self.device)).unsqueeze(1).to(state[0].dtype)
-        return [h * keep for h in state]
+    def reset(self, state: np.ndarray, mask: torch.Tensor) -> np.ndarray:
+        state = state.copy()
+        state[mask.cpu().numpy()] = 0.0  # an all-zero row is the start of a session
+        return state
 
 
 def _run_lanes(
@@ -181,48 +154,38 @@ def _run_lanes(
     todo = np.flatnonzero((first_target >= 1) & (first_target < lengths))
     todo = todo[np.argsort(-lengths[todo], kind="stable")]  # longest first: lanes drain evenly
     n_inputs = int((lengths[todo] - 1).sum())
-    items_t = torch.as_tensor(items, dtype=torch.long)
-
     lanes = min(batch_size, len(todo))
     if lanes == 0:
         return
-    lane_session = todo[:lanes].copy()
-    lane_pos = np.zeros(lanes, dtype=np.int64)  # position of the item fed at this step
-    lane_active = np.ones(lanes, dtype=bool)
-    next_session = lanes
+    # The training iterator over the sessions in `todo` order; the scorer's state keeps
+    # `lanes` fixed rows (it can only reset rows), rows of dropped lanes are fed item 0.
+    steps = session_parallel_batches(items, offsets[todo], offsets[todo + 1], lanes)
     state = scorer.init_state(lanes)
-
+    feed = np.zeros(lanes, dtype=np.int64)
     bar = tqdm(total=n_inputs, desc=desc, unit="click", disable=not progress, leave=False)
-    while lane_active.any():
-        click = offsets[lane_session] + lane_pos
-        feed = items_t[np.where(lane_active, click, 0)]
-        evaluated = lane_active & (lane_pos + 1 >= first_target[lane_session])
+    for i, (step, rows) in enumerate(fixed_rows(steps, lanes)):
+        if i > 0 and step.reset.any():  # the first step's state is fresh already
+            reset = np.zeros(lanes, dtype=bool)
+            reset[rows[step.reset]] = True
+            state = scorer.reset(state, torch.as_tensor(reset, device=device))
+        sessions = todo[step.sessions]
+        feed[:] = 0
+        feed[rows] = step.inputs
+        feed_t = torch.as_tensor(feed).to(device)
+        evaluated = step.positions - offsets[sessions] + 1 >= first_target[sessions]
         if evaluated.any():
-            rows = np.flatnonzero(evaluated)
-            rows_t = torch.as_tensor(rows, device=device)
+            rows_t = torch.as_tensor(rows[evaluated], device=device)
             if score_rows is not None:  # score only the lanes that have a target here
-                state = _advance(scorer, state, feed.to(device))
+                state = _advance(scorer, state, feed_t)
                 scores = score_rows(state, rows_t)
             else:
-                state, scores = scorer.step(state, feed.to(device))
+                state, scores = scorer.step(state, feed_t)
                 scores = scores[rows_t]
-            targets = items_t[click[rows] + 1].to(device)
-            yield lane_session[rows], targets, scores
+            targets = torch.as_tensor(step.targets[evaluated]).to(device)
+            yield sessions[evaluated], targets, scores
         else:
-            state = _advance(scorer, state, feed.to(device))
-        bar.update(int(lane_active.sum()))
-
-        lane_pos += 1
-        done = lane_active & (lane_pos + 1 >= lengths[lane_session])
-        if done.any():
-            for lane in np.flatnonzero(done):
-                if next_session < len(todo):
-                    lane_session[lane] = todo[next_session]
-                    next_session += 1
-                else:
-                    lane_active[lane] = False
-            lane_pos[done] = 0
-            state = scorer.reset(state, torch.as_tensor(done, device=device))
+            state = _advance(scorer, state, feed_t)
+        bar.update(len(rows))
     bar.close()
 
 

@@ -14,7 +14,7 @@ from schemas.artifact import Manifest, write_artifact
 
 
 class Vocab(Protocol):
-    """What export needs of `batch_training.data.ItemVocab`."""
+    """What export needs of `batch_training.sessions.ItemVocab`."""
 
     ids: tuple[str, ...]
 

@@ -6,18 +6,15 @@
 One run:
 1. reads the clicks of the window [until - window, until) from the archive topic
    (`until` defaults to now; `latest` means the newest click in the topic);
-2. splits them by time (`batch_training.data.split_from_events`, its session-log
+2. splits them by time (`batch_training.splits.split_from_events`, its session-log
    preprocessing included): sessions starting within `holdout` of the newest click are the
    held-out slice, the sessions before are training data (the vocabulary is their items);
 3. trains GRU4Rec (the preset, or the defaults; CUDA when present);
-4. evaluates the candidate and the promoted model on the same held-out slice with the same
-   `evaluate_full` code. The promoted model is read from its artifact and mapped onto the
-   candidate's vocabulary: a click on an item it does not know leaves its state unchanged
-   (as when serving), and such a target is a miss for it. Held-out clicks on items the
-   candidate never saw in training are dropped by the split, for both models alike;
-5. promotes the candidate when its primary metric (recall@20 of the full-ranking protocol) is
-   not worse than the promoted model's by more than `tolerance`, an ABSOLUTE difference:
-   candidate >= promoted - tolerance. With no promoted model yet, the candidate is promoted;
+4. evaluates the candidate and the promoted model (mapped onto the candidate's vocabulary)
+   on the same held-out slice (`batch_training.gate`). Held-out clicks on items the candidate
+   never saw in training are dropped by the split, for both models alike;
+5. promotes the candidate when its primary metric (recall@20) is not worse than the promoted
+   model's by more than `tolerance`, an ABSOLUTE difference (`batch_training.gate.decide`);
 6. keeps every candidate in the registry (immutable, for inspection and rollback), records
    each decision in the registry's log, and announces a promoted one on `model-updates`
    (promoted first: workers with `--registry` load only promoted versions; signed with
@@ -42,18 +39,22 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-import torch
-
+from batch_training.archive import TopicEvents, aread_topic_events
 from batch_training.config import TrainConfig, apply_overrides, load_preset
-from batch_training.data import TopicEvents, aread_topic_events, split_from_events
-from batch_training.evaluate import ArtifactScorer, GRU4RecScorer, evaluate_full
-from batch_training.export import export_artifact
+from batch_training.evaluate import evaluate_full
+from batch_training.gate import (
+    PRIMARY_METRIC,
+    MappedArtifactScorer,
+    RetrainError,
+    RunReport,
+    decide,
+    iso,
+)
+from batch_training.pipeline import PipelineOptions, TrainingPipeline
 from batch_training.publish import publish_artifact
-from batch_training.train import train
+from batch_training.splits import split_from_events
 from kafka_io.cli import (
     KAFKA_FAILURES,
     add_kafka_arguments,
@@ -64,7 +65,7 @@ from kafka_io.cli import (
 )
 from kafka_io.errors import KafkaSetupError, check_connection
 from kafka_io.settings import KafkaConfigError, KafkaSettings
-from schemas.artifact import Artifact, ArtifactError
+from schemas.artifact import ArtifactError
 from schemas.durations import format_duration, parse_duration_ms
 from schemas.events import DAY_MS, ValidationError, parse_timestamp
 from schemas.registry import Registry
@@ -73,13 +74,8 @@ from schemas.topics import CLICKS, MODEL_UPDATES
 
 log = logging.getLogger(__name__)
 
-PRIMARY_METRIC = "recall@20"
 DEFAULT_REGISTRY_ENV = "GRU4STREAM_MODELS"
 PROG = "gru4stream retrain"
-
-
-class RetrainError(RuntimeError):
-    """A run that cannot go on (no data, nothing to evaluate on); the message says why."""
 
 
 # --- durations and times ---------------------------------------------------------------------
@@ -110,55 +106,6 @@ def _until_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc.reason}") from None
 
 
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
-
-
-# --- the promoted model on the candidate's vocabulary ------------------------------------------
-
-
-class MappedArtifactScorer:
-    """The promoted model's artifact as a SessionScorer over the candidate's vocabulary.
-
-    An input item the artifact does not know leaves the lane's state unchanged (the serving
-    rule); an item it does not know scores -inf, so as a target it ranks last (ties count
-    against the model) and never outranks anything.
-    """
-
-    def __init__(
-        self, artifact: Artifact, candidate_ids: tuple[str, ...], device: Any = "cpu"
-    ) -> None:
-        self.inner = ArtifactScorer(artifact, device=device)
-        self.device = self.inner.device
-        index = {item: i for i, item in enumerate(artifact.items)}
-        mapping = np.array([index.get(str(i), -1) for i in candidate_ids], dtype=np.int64)
-        self.n_items = len(mapping)
-        self.n_unknown = int((mapping < 0).sum())
-        self.mapping = torch.as_tensor(mapping, device=self.device)  # candidate -> served
-        self.known = self.mapping >= 0
-        self.gather = torch.where(self.known, self.mapping, 0)
-
-    def init_state(self, batch_size: int) -> list[torch.Tensor]:
-        return self.inner.init_state(batch_size)
-
-    def advance(self, state: list[torch.Tensor], items: torch.Tensor) -> list[torch.Tensor]:
-        mapped = self.mapping[items.to(self.device)]
-        known = (mapped >= 0).unsqueeze(1)  # (B, 1): unknown rows keep their state
-        new = self.inner.advance(state, torch.where(mapped >= 0, mapped, 0))
-        return [torch.where(known, n, old) for n, old in zip(new, state, strict=True)]
-
-    def step(
-        self, state: list[torch.Tensor], items: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        state = self.advance(state, items)
-        served = state[-1] @ self.inner.output_weight.t() + self.inner.output_bias
-        scores = served[:, self.gather]  # (B, candidate items)
-        return state, torch.where(self.known, scores, -torch.inf)
-
-    def reset(self, state: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
-        return self.inner.reset(state, mask)
-
-
 # --- one run -----------------------------------------------------------------------------------
 
 
@@ -181,50 +128,6 @@ class RetrainOptions:
     model_key: bytes | None = field(default=None, repr=False)  # HMAC key; never printed
     progress: bool = True
     split_options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RunReport:
-    candidate: str
-    decision: str  # "promoted" or "rejected"
-    metrics: dict[str, float]
-    baseline: str | None
-    baseline_metrics: dict[str, float] | None
-    n_events: int
-    start_ms: int
-    end_ms: int
-    seconds: float
-    published: bool
-
-    def summary(self, primary: str, tolerance: float) -> str:
-        cand = self.metrics.get(primary, float("nan"))
-        if self.baseline is None:
-            versus = "no promoted model yet"
-        else:
-            base = (self.baseline_metrics or {}).get(primary, float("nan"))
-            versus = f"{self.baseline} {base:.4f} (tolerance {tolerance:g})"
-        where = " and published" if self.published else ""
-        return (
-            f"retrain {self.candidate}: {primary} {cand:.4f} vs {versus} -> "
-            f"{self.decision}{where}; {self.n_events} clicks "
-            f"[{iso(self.start_ms)}, {iso(self.end_ms)}), {self.seconds:.0f} s"
-        )
-
-
-def decide(
-    candidate: dict[str, float],
-    baseline: dict[str, float] | None,
-    *,
-    primary: str = PRIMARY_METRIC,
-    tolerance: float = 0.01,
-) -> str:
-    """The promotion rule: promoted when candidate >= baseline - tolerance on `primary`
-    (an absolute difference), or when there is no baseline; "rejected" otherwise."""
-    if primary not in candidate:
-        raise RetrainError(f"candidate metrics lack the primary metric {primary!r}")
-    if baseline is None:
-        return "promoted"
-    return "promoted" if candidate[primary] >= baseline[primary] - tolerance else "rejected"
 
 
 def _now_ms() -> int:
@@ -280,23 +183,17 @@ def run_once(options: RetrainOptions) -> RunReport:
     config = load_preset(options.preset) if options.preset else TrainConfig()
     if options.overrides:
         config = apply_overrides(config, list(options.overrides))
-    n_items = len(split.vocab.ids)
-    support = split.item_support
-
-    result = train(
-        split.train,
-        config,
-        n_items=n_items,
-        item_support=support,
-        device=options.device,
-        progress=options.progress,
+    # The shared recipe (batch_training.pipeline), in steps: the gate below sits between
+    # evaluating the candidate and exporting it. No validation: the held-out slice decides.
+    pipeline = TrainingPipeline(
+        split, config, PipelineOptions(device=options.device, progress=options.progress)
     )
-    metrics = evaluate_full(GRU4RecScorer(result.model), split.test, progress=options.progress)
+    trained = pipeline.fit()
+    metrics = trained.test.metrics["full"]
 
     baseline_metrics = None
     if served_artifact is not None:
-        device = next(result.model.parameters()).device
-        scorer = MappedArtifactScorer(served_artifact, split.vocab.ids, device)
+        scorer = MappedArtifactScorer(served_artifact, split.vocab.ids)
         baseline_metrics = evaluate_full(scorer, split.test, progress=options.progress)
     decision = decide(
         metrics, baseline_metrics, primary=options.primary, tolerance=options.tolerance
@@ -312,14 +209,8 @@ def run_once(options: RetrainOptions) -> RunReport:
         "n_train_sessions": split.train.n_sessions,
         "n_holdout_sessions": split.test.sessions.n_sessions,
     }
-    export_artifact(
-        result,
-        split.vocab,
-        path,
-        version=name,
-        item_support=support,
-        training_data=training_data,
-        metrics={"holdout": metrics},
+    pipeline.export(
+        trained, path, version=name, training_data=training_data, metrics={"holdout": metrics}
     )
     details = {
         "baseline": served,

@@ -149,7 +149,7 @@ QUICK = ["--preset", "quick", "--epochs", "1", "--quiet", "--threads", "1", "--d
 @pytest.fixture(scope="module")
 def sample_csv(tmp_path_factory):
     """The Diginetica raw-log sample as a generic CSV event file."""
-    from schemas.datasets import iter_events
+    from readers.registry import iter_events
 
     path = tmp_path_factory.mktemp("events") / "clicks.csv"
     lines = ["session_id,item_id,timestamp"]

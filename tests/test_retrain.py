@@ -15,20 +15,14 @@ import pytest
 import torch
 
 from batch_training.evaluate import evaluate_full
-from batch_training.retrain import (
-    MappedArtifactScorer,
-    RetrainError,
-    decide,
-    format_duration,
-    main,
-    parse_duration,
-)
+from batch_training.gate import MappedArtifactScorer, RetrainError, decide
+from batch_training.retrain import format_duration, main, parse_duration
 from schemas.artifact import read_artifact
 from schemas.events import ClickEvent, decode_model_update, encode_click
 from schemas.metrics import rank_metrics, ranks_from_scores
 from schemas.registry import Registry
 from schemas.topics import CLICKS, spec_named
-from stream_app.inference import ServingModel
+from scoring import ServingModel
 from stream_app.synthetic import write_random_artifact
 from tests.kafka_util import consume_all, create_topic, produce, unique_topic
 

@@ -1,0 +1,168 @@
+"""`gru4stream train`: load a split, run the training pipeline (batch_training.pipeline), and
+write a run directory:
+
+    OUT/model/          the artifact (schemas.artifact); its manifest holds the metrics
+    OUT/metrics.json    test metrics, history, config, timings, the command line
+    OUT/training.png    training curves
+
+Early stopping is on the validation Recall@20 (full ranking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batch_training.cli_args import (
+    RUN_MODEL_DIR,
+    CliError,
+    add_source_arguments,
+    choose_protocols,
+    format_table,
+    load_data,
+    run_command,
+    setup_logging,
+    setup_threads,
+    source_description,
+    write_json,
+)
+from kafka_io.cli import redact_argv
+
+if TYPE_CHECKING:  # the pipeline imports torch: only once a command runs
+    from batch_training.pipeline import TrainedModel
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gru4stream train", description="Train GRU4Rec, evaluate it, export an artifact."
+    )
+    add_source_arguments(parser)
+    parser.add_argument("--preset", required=True, help="a preset in batch_training/presets")
+    parser.add_argument("--out", type=Path, required=True, help="run directory (must not exist)")
+    parser.add_argument("--epochs", type=int, default=None, help="override n_epochs")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable); values are JSON, types are checked",
+    )
+    parser.add_argument("--version", default=None, help="model version (default: a timestamp)")
+    parser.add_argument(
+        "--protocol",
+        default="auto",
+        choices=("auto", "full", "sampled", "both"),
+        help="test protocols; auto = full, plus sampled where the data gives negatives",
+    )
+    parser.add_argument("--no-validation", action="store_true", help="train all epochs")
+    parser.add_argument(
+        "--history-window",
+        type=int,
+        default=None,
+        help="evaluate with at most this many clicks before the first target (default: the "
+        "config's max_history, 0 = whole sequences)",
+    )
+    parser.add_argument("--eval-batch-size", type=int, default=256)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    return parser
+
+
+def _train(argv: list[str]) -> int:
+    from batch_training.config import ConfigError, apply_overrides, load_preset
+    from batch_training.pipeline import VALID_METRIC, PipelineOptions, run_pipeline
+    from batch_training.train import plot_history
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    setup_threads(args.threads)
+    if args.out.exists():
+        raise CliError(f"{args.out}: already exists; choose a new run directory")
+    try:
+        config = load_preset(args.preset)
+        if args.epochs is not None:
+            config = config.replace(n_epochs=args.epochs)
+        config = apply_overrides(config, args.overrides)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+    t_load = time.perf_counter()
+    split = load_data(args)
+    log.info(
+        "%s: %d items, %d training sessions / %d clicks, %d test sessions (%.1fs)",
+        split.name,
+        len(split.vocab.ids),
+        split.train.n_sessions,
+        split.train.n_clicks,
+        split.test.sessions.n_sessions,
+        time.perf_counter() - t_load,
+    )
+    window = config.max_history if args.history_window is None else args.history_window
+    options = PipelineOptions(
+        device=args.device,
+        progress=not args.quiet,
+        protocols=tuple(choose_protocols(args.protocol, split.test)),
+        history_window=window,
+        validate=not args.no_validation,
+        eval_batch_size=args.eval_batch_size,
+    )
+    version = args.version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    training_data = {
+        "source": source_description(args),
+        **dict(split.time_range),
+        "n_train_sessions": int(split.train.n_sessions),
+        "n_train_clicks": int(split.train.n_clicks),
+    }
+
+    def model_metrics(trained: TrainedModel) -> dict[str, Any]:
+        metrics: dict[str, Any] = {f"test_{p}": m for p, m in trained.test.timed().items()}
+        if trained.best_valid is not None:
+            metrics[f"valid_{VALID_METRIC}"] = trained.best_valid
+        return metrics
+
+    trained, version, artifact_dir = run_pipeline(
+        split,
+        config,
+        options,
+        args.out / RUN_MODEL_DIR,
+        version=version,
+        training_data=training_data,
+        metrics=model_metrics,
+    )
+    result, test, best_valid = trained.result, trained.test.timed(), trained.best_valid
+    plot_history(result.history, args.out / "training.png")
+    write_json(
+        args.out / "metrics.json",
+        {
+            "command": ["gru4stream", "train", *redact_argv(argv)],
+            "version": version,
+            "data": training_data,
+            "preset": args.preset,
+            "config": result.config.to_dict(),
+            "device": result.device,
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "train_seconds": round(trained.train_seconds, 1),
+            "history_window": window,
+            "history": result.history,
+            "test": test,
+        },
+    )
+    print(f"model {version}: {artifact_dir}")
+    print(
+        f"trained {len(result.history)} epochs in {trained.train_seconds:.0f}s on "
+        f"{result.device}, best epoch {result.best_epoch}"
+        + (f" (valid {VALID_METRIC} {best_valid:.4f})" if best_valid else "")
+    )
+    print(format_table({"GRU4Rec": test}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(_train, argv, "gru4stream train")
