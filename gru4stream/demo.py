@@ -26,43 +26,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gzip
 import logging
 import os
 import sys
 import tempfile
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 from aiokafka.errors import KafkaError
 
-from deploy.kafka.broker import free_port
+from gru4stream.demo_kafka import DemoTopics, create_topics, delete_topics, kafka_broker, say
+from gru4stream.demo_stream import DATASET, held_out_sessions, interleave, sample_lines
 from kafka_io.cli import add_kafka_arguments, report_failure, settings_from_args
-from kafka_io.errors import KafkaSetupError, check_connection
+from kafka_io.errors import KafkaSetupError
 from kafka_io.settings import KafkaConfigError, KafkaSettings, write_properties
 from kafka_io.topics import TopicError
 from schemas.registry import Registry
-from stream_app.replay import (
-    LiveResult,
-    SentClick,
-    WorkerProcess,
-    delete_topics_with_prefix,
-    format_live_table,
-    live_metrics,
-    read_answers,
-    send_clicks,
-)
+from stream_app.harness import WorkerProcess, free_port
+from stream_app.replay_live import LiveResult, live_metrics, read_answers, send_clicks
+from stream_app.replay_report import format_live_table
 
 log = logging.getLogger(__name__)
 
-DATASET = "movielens-1m"
 PROG = "gru4stream demo"
-LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
 @dataclass(frozen=True)
@@ -93,77 +81,6 @@ QUICK = DemoConfig(
 )  # fmt: skip
 
 
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-# --- Kafka -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def kafka_broker(settings: KafkaSettings):
-    """Yield the settings to use: those given when their cluster answers (KafkaSetupError,
-    one line, when it does not or refuses them), or, when they name a local plaintext broker
-    that does not answer, those of the development broker started here."""
-    from deploy.kafka.broker import BrokerConfig, probe, start, stop
-
-    hosts = settings.hosts
-    local = (
-        settings.security_protocol == "PLAINTEXT" and len(hosts) == 1 and hosts[0][0] in LOCAL_HOSTS
-    )
-    if not local or probe(settings.bootstrap_servers):
-        asyncio.run(check_connection(settings))  # names a wrong address, CA file or password
-        say(f"Kafka: using {settings.describe()}")
-        yield settings
-        return
-    config = BrokerConfig(port=hosts[0][1])
-    say(
-        f"Kafka: no broker at {settings.bootstrap_servers}; starting the local one "
-        "(first start fetches jars)"
-    )
-    info = start(config)
-    say(f"Kafka: started {info.version} on {info.bootstrap} (pid {info.pid})")
-    try:
-        yield replace(settings, bootstrap_servers=info.bootstrap)
-    finally:
-        stop(config)
-        say("Kafka: stopped the broker this demo started")
-
-
-@dataclass(frozen=True)
-class DemoTopics:
-    clicks: str
-    recommendations: str
-    dlq: str
-    model_updates: str
-
-    @classmethod
-    def fresh(cls, run_id: str) -> DemoTopics:
-        base = f"demo-{run_id}"
-        return cls(f"{base}-clicks", f"{base}-recommendations", f"{base}-dlq", f"{base}-updates")
-
-
-def create_topics(settings: KafkaSettings, topics: DemoTopics) -> None:
-    from kafka_io.topics import create_topics as create
-    from schemas.topics import CLICKS, CLICKS_DLQ, MODEL_UPDATES, RECOMMENDATIONS, spec_named
-
-    specs = [
-        spec_named(topics.clicks, CLICKS),
-        spec_named(topics.recommendations, RECOMMENDATIONS),
-        spec_named(topics.dlq, CLICKS_DLQ),
-        spec_named(topics.model_updates, MODEL_UPDATES),
-    ]
-    asyncio.run(create(settings, specs))
-
-
-def delete_topics(settings: KafkaSettings, prefix: str) -> None:
-    """Delete the demo's topics, the worker's changelog topics included (same prefix)."""
-    try:
-        asyncio.run(delete_topics_with_prefix(settings, prefix))
-    except Exception as exc:  # noqa: BLE001 - leftovers are harmless, say so and go on
-        say(f"(could not delete the demo topics: {exc})")
-
-
 # --- training ---------------------------------------------------------------------------------
 
 
@@ -174,10 +91,8 @@ def train_version(
     import torch
 
     from batch_training.config import load_preset
-    from batch_training.data import load_split
-    from batch_training.evaluate import GRU4RecScorer, evaluate_full
-    from batch_training.export import export_artifact
-    from batch_training.train import train
+    from batch_training.pipeline import PipelineOptions, run_pipeline
+    from batch_training.splits import load_split
 
     started = time.perf_counter()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
@@ -185,26 +100,17 @@ def train_version(
     train_config = load_preset(config.preset).replace(
         n_epochs=epochs, max_history=config.max_history
     )
-    support = split.item_support
-    result = train(
-        split.train,
+    # The shared recipe (batch_training.pipeline), no validation set. Leave-one-out on the
+    # same users: each one's last item, after the rest of the history.
+    trained, name, _ = run_pipeline(
+        split,
         train_config,
-        n_items=len(split.vocab.ids),
-        item_support=support,
-        progress=progress,
-    )
-    # Leave-one-out on the same users: each one's last item, after the rest of the history.
-    metrics = evaluate_full(GRU4RecScorer(result.model), split.test, progress=False)
-    name, path = registry.new_version_dir()
-    export_artifact(
-        result,
-        split.vocab,
-        path,
-        version=name,
-        item_support=support,
+        PipelineOptions(progress=progress, eval_progress=False),
+        registry.new_version_dir,
         training_data={"dataset": DATASET, "users": users, **split.time_range},
-        metrics={"test": metrics},
+        metrics=lambda trained: {"test": trained.test.metrics["full"]},
     )
+    metrics = trained.test.metrics["full"]
     return name, metrics, time.perf_counter() - started
 
 
@@ -214,88 +120,6 @@ def publish(settings: KafkaSettings, registry: Registry, version: str, topic: st
     # Promoted first: the worker (--registry) refuses an announced version not promoted.
     registry.promote(version, "demo")
     asyncio.run(publish_artifact(settings, registry.path(version), topic=topic))
-
-
-# --- streaming ---------------------------------------------------------------------------------
-
-
-def held_out_sessions(n_users: int, max_clicks: int, skip_users: int) -> list[tuple[str, list]]:
-    """The last `n_users` users of the dataset (never trained on), first clicks of each."""
-    from schemas.datasets import read_user_sequences
-
-    seqs = read_user_sequences(DATASET)
-    first = max(len(seqs) - n_users, skip_users)
-    if first >= len(seqs):
-        raise ValueError(f"no users left to stream after the {skip_users} trained on")
-    return [
-        (f"user-{seqs.session_ids[s]}", [str(i) for i in seqs.items_of(s)[:max_clicks]])
-        for s in range(first, len(seqs))
-    ]
-
-
-def interleave(sessions: list[tuple[str, list[str]]], seed: int = 0) -> list[tuple[str, str]]:
-    """One click stream from many sessions: at each step a random open session clicks next,
-    so sessions overlap in time as live ones do; each session keeps its own order."""
-    rng = np.random.default_rng(seed)
-    remaining = [len(items) for _, items in sessions]
-    position = [0] * len(sessions)
-    stream = []
-    open_ = [s for s, n in enumerate(remaining) if n]
-    weights = np.array(remaining, dtype=np.float64)
-    while open_:
-        s = int(rng.choice(open_, p=weights[open_] / weights[open_].sum()))
-        stream.append((sessions[s][0], sessions[s][1][position[s]]))
-        position[s] += 1
-        if position[s] == len(sessions[s][1]):
-            open_.remove(s)
-    return stream
-
-
-# --- output -------------------------------------------------------------------------------------
-
-
-def movie_titles() -> dict[str, str]:
-    from schemas.datasets import datasets_root
-
-    path = datasets_root() / DATASET / "movies.dat.gz"
-    titles = {}
-    with contextlib.suppress(OSError), gzip.open(path, "rt", encoding="latin-1") as f:
-        for line in f:
-            movie_id, title, _ = line.rstrip("\n").split("::", 2)
-            titles[movie_id] = title
-    return titles
-
-
-def sample_lines(sent: list[SentClick], answers: list, k: int, n: int = 2) -> list[str]:
-    """A few answers, per version, whose next click was among the top 5, with titles."""
-    titles = movie_titles()
-    name = titles.get
-    by_click = {(c.partition, c.offset): i for i, c in enumerate(sent)}
-    history: dict[str, list[str]] = defaultdict(list)
-    seen_at: list[list[str]] = []
-    for click in sent:
-        history[click.session_id].append(click.item_id)
-        seen_at.append(list(history[click.session_id]))
-    nxt: dict[int, str] = {}
-    last: dict[str, int] = {}
-    for i, click in enumerate(sent):
-        if click.session_id in last:
-            nxt[last[click.session_id]] = click.item_id
-        last[click.session_id] = i
-    shown: dict[str, int] = defaultdict(int)
-    lines = []
-    for rec in sorted(answers, key=lambda r: (r.model_version, r.click_offset)):
-        i = by_click.get((rec.click_partition, rec.click_offset))
-        top = [x.item_id for x in rec.items[:5]]
-        if i is None or nxt.get(i) not in top or shown[rec.model_version] >= n:
-            continue
-        shown[rec.model_version] += 1
-        recent = " | ".join(name(m, m) for m in seen_at[i][-3:])
-        lines.append(f"  {rec.session_id} ({rec.model_version}) just watched: {recent}")
-        for rank, item in enumerate(top, 1):
-            mark = "  <- watched next" if item == nxt[i] else ""
-            lines.append(f"      {rank}. {name(item, item)}{mark}")
-    return lines
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -397,9 +221,10 @@ def run(config: DemoConfig, settings: KafkaSettings, workdir: Path, keep_topics:
                     "warning",
                 ],  # fmt: skip
                 workdir / "worker.log",
-                port,
-            )
-            worker.wait_ready()
+                web_port=port,
+                own_group=True,
+            ).start()
+            worker.wait_ready(timeout=180)
             _, body = worker.get("/model")
             say(f"      serving {body['version']} ({body['n_items']} items, {body['search']})")
 

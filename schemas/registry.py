@@ -264,9 +264,22 @@ class Registry:
             os.close(fd)
 
 
+RUN_MODEL_DIR = "model"  # where `gru4stream train --out RUN_DIR` puts the run's artifact
+
+
+def artifact_in(path: str | Path) -> Path:
+    """An artifact directory as given, or the one inside a training run directory
+    (RUN_DIR/model), so `--model RUN_DIR` works wherever `--model ARTIFACT_DIR` does."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file() and (path / RUN_MODEL_DIR / MANIFEST).is_file():
+        return path / RUN_MODEL_DIR
+    return path
+
+
 def resolve_model(spec: str, registry: Registry | None = None) -> Path:
-    """A model given as a directory, or as a version name / "promoted" / "latest" in a registry."""
-    path = Path(spec)
+    """A model given as a directory (an artifact's or a training run's), or as a version name
+    / "promoted" / "latest" in a registry."""
+    path = artifact_in(spec)
     if (path / MANIFEST).is_file():
         return path
     if registry is None:

@@ -2,9 +2,10 @@
 
     gru4stream worker --bootstrap 127.0.0.1:9092 --model path/to/artifact --web-port 6066
 
-The model to start with comes from `--model DIR` (or `--registry ROOT`, which serves its
-promoted version, or `--registry ROOT --model v0003|latest|promoted`: with a registry, only
-versions it has promoted at some time load, see stream_app/trust.py). After that the newest
+The model to start with comes from `--model DIR` (an artifact directory, or a `train --out`
+run directory holding one), or `--registry ROOT`, which serves its promoted version, or
+`--registry ROOT --model v0003|latest|promoted` (with a registry, only versions it has
+promoted at some time load, see stream_app/trust.py). After that the newest
 announcement on `model-updates` that passes those checks wins, and every later one is
 applied (hot swap).
 Without any model the worker starts anyway: bad events still go to the DLQ, good ones wait
@@ -43,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer every click on the clicks topic with the top-K next items.",
     )
     add_kafka_arguments(p)
-    p.add_argument("--model", help="artifact directory, or with --registry a version name")
+    p.add_argument(
+        "--model",
+        help="artifact directory or training run directory (RUN_DIR/model), or with "
+        "--registry a version name",
+    )
     p.add_argument(
         "--registry",
         help="model registry root: serves its promoted version, and loads only versions it "
@@ -160,7 +165,7 @@ def config_from_args(args: argparse.Namespace):  # -> WorkerConfig (imported lat
         web_bind=args.web_bind,
         expose_sessions=args.expose_sessions,
         model_key_file=args.model_key_file,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir or os.path.join("var", "worker", args.app_id),
         offset_reset=args.offset_reset,
         standby_replicas=args.standby_replicas,
         broker_session_timeout_s=session_timeout_s,
@@ -218,6 +223,11 @@ def worker_main(argv: list[str]) -> int:
     logging.basicConfig(
         level=config.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        os.makedirs(config.data_dir, exist_ok=True)  # RocksDB does not create its parents
+    except OSError as exc:
+        print(f"gru4stream worker: --data-dir {config.data_dir}: {exc}", file=sys.stderr)
+        return 2
 
     model = None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import orjson
 
 from kafka_io.send import send_messages
 from kafka_io.settings import KafkaSettings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]  # holds stream_app/, schemas/, ...
 
 
 def free_port() -> int:
@@ -40,16 +43,22 @@ class WorkerProcess:
     env: dict[str, str] | None = None
     proc: subprocess.Popen | None = None
     module: str = "stream_app"  # `python -m MODULE ARGS` (tests run patched workers too)
+    # In a process group of its own: a Ctrl-C meant for the parent does not reach it, and
+    # stop() ends it with its children (replay and the demo, which stop it themselves).
+    own_group: bool = False
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(self.env or {})}
+        # This checkout's packages, whatever the working directory.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args, "--web-port", str(self.web_port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            start_new_session=self.own_group,
         )
         log.close()
         return self
@@ -87,6 +96,24 @@ class WorkerProcess:
             time.sleep(0.25)
         raise TimeoutError(f"worker not ready after {timeout:.0f} s ({last}): {self.tail()}")
 
+    def wait_until(
+        self, what: str, ready: Callable[[int, Any], bool], timeout: float, path: str = "/model"
+    ) -> Any:
+        """Poll `path` until `ready(status, body)`; its body, or TimeoutError with the log tail
+        (RuntimeError if the worker exits first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail()}")
+            try:
+                status, body = self.get(path, timeout=2.0)
+            except OSError:
+                status, body = 0, None
+            if isinstance(body, dict) and ready(status, body):
+                return body
+            time.sleep(0.25)
+        raise TimeoutError(f"the worker did not {what} within {timeout:.0f} s: {self.tail()}")
+
     def metric(self, name: str) -> float:
         """Sum of a Prometheus sample family's values (labels ignored); 0 if absent."""
         _, text = self.get("/metrics")
@@ -102,17 +129,25 @@ class WorkerProcess:
         """SIGTERM (a clean Faust shutdown: commit, flush), then SIGKILL if it hangs."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self._signal(signal.SIGKILL)
             return self.proc.wait(10)
+
+    def _signal(self, sig: int) -> None:
+        assert self.proc is not None
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)  # the worker and its children
+        else:
+            self.proc.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no last commit (the crash case)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            self._signal(signal.SIGKILL)
             self.proc.wait(10)
 
     def tail(self, n: int = 40) -> str:

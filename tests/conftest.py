@@ -21,15 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.kafka.broker import (
-    SUPER_USER,
-    BrokerConfig,
-    BrokerError,
-    free_port,
-    probe,
-    start,
-    stop,
-)
+from deploy.kafka.broker import BrokerConfig, BrokerError, free_port, probe, start, stop
+from deploy.kafka.secure import SUPER_USER
 from kafka_io import KafkaSettings, load_settings
 
 log = logging.getLogger(__name__)

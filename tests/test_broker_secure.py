@@ -20,8 +20,9 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from aiokafka.helpers import create_ssl_context
 
-from deploy.kafka import broker
-from deploy.kafka.broker import PRINCIPAL_ACLS, PRINCIPALS, BrokerConfig
+from deploy.kafka import broker, secure
+from deploy.kafka.broker import BrokerConfig
+from deploy.kafka.secure import PRINCIPAL_ACLS, PRINCIPALS
 
 CLIENT_KEYS = [
     "bootstrap.servers",
@@ -98,7 +99,7 @@ def test_secure_properties_have_no_plaintext_and_deny_by_default(tmp_path: Path)
 
 
 def test_acl_table_uses_prefixes_and_never_names_the_super_user() -> None:
-    rows = broker.acl_rows()
+    rows = secure.acl_rows()
     assert {r[0] for r in rows} == {f"User:{p}" for p in PRINCIPAL_ACLS}
     assert "admin" not in PRINCIPAL_ACLS and PRINCIPALS[0] == "admin"
     assert all(r[3] == "PREFIXED" for r in rows if r[1] != "CLUSTER")
@@ -110,9 +111,9 @@ def test_acl_table_uses_prefixes_and_never_names_the_super_user() -> None:
 def test_secrets_are_private_and_reused(tmp_path: Path) -> None:
     config = _secure_config(tmp_path)
     config.data_path.mkdir(exist_ok=True)
-    first = broker._prepare_secure(config)
+    first = secure.prepare_secure(config)
     pem, ca = config.broker_pem.read_bytes(), config.ca_file.read_bytes()
-    assert broker._prepare_secure(config) == first  # same passwords, same certificates
+    assert secure.prepare_secure(config) == first  # same passwords, same certificates
     assert (config.broker_pem.read_bytes(), config.ca_file.read_bytes()) == (pem, ca)
     assert set(first) == set(PRINCIPALS) and len(set(first.values())) == len(first)
     for path in (config.passwords_file, config.broker_pem, config.admin_java_properties):

@@ -12,8 +12,10 @@ from schemas.artifact import read_artifact
 from schemas.events import ClickEvent, Recommendation, ScoredItem, encode_click
 from schemas.metrics import rank_metrics, ranks_from_scores
 from schemas.topics import CLICKS, spec_named
-from stream_app.inference import ServingModel
-from stream_app.replay import SentClick, group_sessions, live_metrics, main, replay_model
+from scoring import ServingModel
+from stream_app.replay import main
+from stream_app.replay_live import SentClick, live_metrics
+from stream_app.replay_offline import group_sessions, replay_model
 from stream_app.synthetic import write_random_artifact
 from tests.kafka_util import create_topic, produce, unique_topic
 
@@ -88,9 +90,9 @@ def test_replay_of_a_trained_model_equals_evaluate_full_with_the_torch_model(tmp
     import torch
 
     from batch_training.config import TrainConfig
-    from batch_training.data import ItemVocab, SessionData
     from batch_training.evaluate import GRU4RecScorer, evaluate_full
     from batch_training.export import export_artifact
+    from batch_training.sessions import ItemVocab, SessionData
     from batch_training.train import train
 
     torch.set_num_threads(1)

@@ -25,7 +25,7 @@ from uuid import uuid4
 import orjson
 import pytest
 
-from deploy.kafka.broker import PRINCIPALS
+from deploy.kafka.secure import PRINCIPALS
 from kafka_io import KafkaSettings, load_settings
 from kafka_io.clients import admin as admin_client
 from schemas.artifact import read_artifact
