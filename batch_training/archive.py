@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from kafka_io.settings import KafkaSettings
 from schemas.events import (
@@ -36,18 +37,7 @@ class TopicEvents(list):
         self.offsets = offsets or {}  # partition -> (first offset read, stop offset)
 
 
-def read_topic_events(
-    settings: KafkaSettings,
-    topic: str,
-    *,
-    start_ms: int | None = None,
-    end_ms: int | None = None,
-    start_offsets: dict[int, int] | None = None,
-    end_offsets: dict[int, int] | None = None,
-    limits: ValidationLimits = DEFAULT_LIMITS,
-    progress: bool = True,
-    timeout_s: float = 60.0,
-) -> TopicEvents:
+def read_topic_events(settings: KafkaSettings, topic: str, **options: Any) -> TopicEvents:
     """Clicks of `topic` in a time range [start_ms, end_ms) or offset range, by timestamp.
 
     Times are the records' Kafka timestamps (the producer sets them to the click time); each
@@ -55,21 +45,10 @@ def read_topic_events(
     `offsets_for_times(end_ms)` and its end offset when the read began, so clicks arriving
     meanwhile are not included (`kafka_io.archive.read_range`). Messages that fail
     `decode_click` are counted, not raised; `kafka_io.topics.TopicError` when the topic does
-    not exist. Do not call from a running event loop; use `aread_topic_events` there.
+    not exist. `options` are those of `aread_topic_events`. Do not call from a running event
+    loop; use `aread_topic_events` there.
     """
-    return asyncio.run(
-        aread_topic_events(
-            settings,
-            topic,
-            start_ms=start_ms,
-            end_ms=end_ms,
-            start_offsets=start_offsets,
-            end_offsets=end_offsets,
-            limits=limits,
-            progress=progress,
-            timeout_s=timeout_s,
-        )
-    )
+    return asyncio.run(aread_topic_events(settings, topic, **options))
 
 
 async def aread_topic_events(
@@ -84,7 +63,7 @@ async def aread_topic_events(
     progress: bool = True,
     timeout_s: float = 60.0,
 ) -> TopicEvents:
-    """`read_topic_events` inside a running event loop."""
+    """`read_topic_events` inside a running event loop (every bound optional)."""
     from kafka_io.archive import read_range  # aiokafka only when the archive is read
 
     archive = await read_range(
