@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from kafka_io.settings import KafkaConfigError, KafkaSettings
 from kafka_io.topics import create_topics
 from schemas.artifact import ArtifactError, read_artifact
 from schemas.events import ModelUpdate, encode
-from schemas.registry import Registry, resolve_model
+from schemas.registry import Registry, resolve_model, version_number
 from schemas.signing import KeyFileError, read_key_file, sign_update
 from schemas.topics import MODEL_UPDATE_KEY, MODEL_UPDATES, spec_named
 
@@ -134,12 +135,21 @@ def promote_for_publishing(registry: Registry, version: str, *, force: bool = Fa
         log.warning("%s: rejected by the promotion gate, promoted by the operator", version)
 
 
+def is_rollback(registry: Registry, version: str) -> bool:
+    """Publishing a version older than the newest one ever promoted moves workers backwards:
+    an operator's rollback (marked on the announcement, and it pins the registry)."""
+    newest = registry.newest_promoted()
+    return newest is not None and version_number(version) < version_number(newest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gru4stream publish", description="announce a model version on model-updates"
     )
     parser.add_argument(
-        "model", help="artifact directory, or with --registry: a version, 'latest', 'promoted'"
+        "model",
+        nargs="?",
+        help="artifact directory, or with --registry: a version, 'latest', 'promoted'",
     )
     parser.add_argument("--registry", help="model registry root (makes the version promoted)")
     parser.add_argument("--topic", default=MODEL_UPDATES.name, help="model updates topic")
@@ -147,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="with --registry: promote a candidate the retraining gate rejected (recorded)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="with --registry: stop automatic promotion by retrain until --unpin (a rollback "
+        "to an older version pins by itself); recorded in decisions.jsonl",
+    )
+    parser.add_argument(
+        "--unpin",
+        action="store_true",
+        help="with --registry: let retrain promote again (alone, or before publishing MODEL)",
     )
     parser.add_argument(
         "--model-key-file",
@@ -163,7 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.pin or args.unpin) and not args.registry:
+        parser.error("--pin and --unpin need --registry")
+    if args.pin and args.unpin:
+        parser.error("--pin and --unpin exclude each other")
+    if args.model is None and not args.unpin:
+        parser.error("the following arguments are required: model")
+    if args.model is None:
+        registry = Registry(args.registry)
+        with registry.promotion_lock():
+            was = registry.pinned()
+            registry.unpin()
+        print(f"unpinned {registry.root} (was {was or 'not pinned'}): retrain may promote again")
+        return 0
     try:
         settings = settings_from_args(args)
     except KafkaConfigError as exc:
@@ -185,12 +220,27 @@ def main(argv: list[str] | None = None) -> int:
             promotion_for_publishing(registry, update.version, force=args.force)
         # A broker out of reach (or refusing these credentials) changes nothing in the registry.
         run_kafka(check_connection(settings), settings)
-        if in_registry:
-            # Before the announcement: a worker checks the registry when the update arrives.
-            promote_for_publishing(registry, update.version, force=args.force)
-        if key is not None:
-            update = sign_update(update, key)
-        run_kafka(publish_update(settings, update, topic=args.topic), settings)
+        if not in_registry:
+            if key is not None:
+                update = sign_update(update, key)
+            run_kafka(publish_update(settings, update, topic=args.topic), settings)
+        else:
+            # One step under the promotion lock, so that a retrain finishing now cannot
+            # promote between this rollback/pin and its announcement.
+            with registry.promotion_lock():
+                if args.unpin:
+                    registry.unpin()
+                rollback = is_rollback(registry, update.version)
+                if rollback or args.pin:  # pinned first: the promote line closes the step
+                    why = "rollback by operator" if rollback else "pinned by operator"
+                    registry.pin(update.version, why)
+                    log.warning("%s: %s; no automatic promotion until --unpin", update.version, why)
+                # Before the announcement: a worker checks the registry when it arrives.
+                promote_for_publishing(registry, update.version, force=args.force)
+                update = replace(update, rollback=rollback)
+                if key is not None:
+                    update = sign_update(update, key)
+                run_kafka(publish_update(settings, update, topic=args.topic), settings)
     except ArtifactError as exc:
         print(f"gru4stream publish: refused: {exc}", file=sys.stderr)
         return 1

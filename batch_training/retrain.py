@@ -10,65 +10,60 @@ One run:
    preprocessing included): sessions starting within `holdout` of the newest click are the
    held-out slice, the sessions before are training data (the vocabulary is their items);
 3. trains GRU4Rec (the preset, or the defaults; CUDA when present);
-4. evaluates the candidate and the promoted model (mapped onto the candidate's vocabulary)
-   on the same held-out slice (`batch_training.gate`). Held-out clicks on items the candidate
-   never saw in training are dropped by the split, for both models alike;
-5. promotes the candidate when its primary metric (recall@20) is not worse than the promoted
-   model's by more than `tolerance`, an ABSOLUTE difference (`batch_training.gate.decide`);
-6. keeps every candidate in the registry (immutable, for inspection and rollback), records
-   each decision in the registry's log, and announces a promoted one on `model-updates`
-   (promoted first: workers with `--registry` load only promoted versions; signed with
-   `--model-key-file` when given).
+4. exports the candidate as the next registry version (every candidate is kept), then
+   scores it and the promoted model(s) as workers serve them on the RAW held-out sessions
+   (`batch_training.gate`: serving core, its search index, seen items excluded; a target a
+   model does not know is a miss for it);
+5. decides (`batch_training.gate.decide`): promoted when a paired bootstrap over sessions
+   says, at `--confidence`, that the candidate is not worse than the promoted model, nor
+   than the best of the last `--compare-last` promoted ones, by more than `--tolerance` on
+   `--metric` and on the other metric; fewer than `--min-sessions` held-out sessions: "no
+   decision". Every decision with its intervals goes to decisions.jsonl (`--explain V`);
+6. under the registry's promotion lock, re-reads it: an operator's pin (or rollback, which
+   pins) keeps the candidate out ("pinned: not promoted"); otherwise promotes it and
+   announces it on `model-updates` (signed with `--model-key-file` when given).
+
+Only one run at a time per registry: a run takes `ROOT/retrain.lock` first (stale after
+`--lock-timeout` or when its process is gone) and a second one exits 3 at once.
 
 Without `--every` it runs once and exits (cron, a Kubernetes CronJob): 0 after a run that
 promoted or kept the model, 1 when the run failed (no data, broker, artifact), 2 on usage
-errors. With `--every` it runs at that period until SIGTERM/SIGINT, which end the loop
-after the run in progress (a killed run leaves no partial version: artifacts are written
-atomically); a failed run is reported and retried at the next period. Each run prints one
-summary line.
+errors, 3 when another run holds the lock. With `--every` it runs at that period until
+SIGTERM/SIGINT, which end the loop after the run in progress (a killed run leaves no partial
+version: artifacts are written atomically); a failed run is reported and retried at the
+next period. Each run prints one summary line.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from batch_training.archive import TopicEvents, aread_topic_events
-from batch_training.config import TrainConfig, apply_overrides, load_preset
-from batch_training.evaluate import evaluate_full
 from batch_training.gate import (
+    METRICS,
     PRIMARY_METRIC,
-    MappedArtifactScorer,
+    GateOptions,
     RetrainError,
-    RunReport,
-    decide,
-    iso,
 )
-from batch_training.pipeline import PipelineOptions, TrainingPipeline
-from batch_training.publish import publish_artifact
-from batch_training.splits import split_from_events
+from batch_training.retrain_run import RetrainOptions, explain_version, run_locked
 from kafka_io.cli import (
-    KAFKA_FAILURES,
     add_kafka_arguments,
-    failure_text,
     report_failure,
     run_kafka,
     settings_from_args,
 )
 from kafka_io.errors import KafkaSetupError, check_connection
-from kafka_io.settings import KafkaConfigError, KafkaSettings
+from kafka_io.settings import KafkaConfigError
 from schemas.artifact import ArtifactError
 from schemas.durations import format_duration, parse_duration_ms
-from schemas.events import DAY_MS, ValidationError, parse_timestamp
-from schemas.registry import Registry
+from schemas.events import ValidationError, parse_timestamp
+from schemas.registry import LockHeld, Registry, RunLock
 from schemas.signing import KeyFileError, read_key_file
 from schemas.topics import CLICKS, MODEL_UPDATES
 
@@ -76,6 +71,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REGISTRY_ENV = "GRU4STREAM_MODELS"
 PROG = "gru4stream retrain"
+EXIT_LOCKED = 3  # another run holds the registry's retrain lock
 
 
 # --- durations and times ---------------------------------------------------------------------
@@ -104,160 +100,6 @@ def _until_arg(text: str) -> int | str:
         return parse_timestamp(value)
     except ValidationError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc.reason}") from None
-
-
-# --- one run -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetrainOptions:
-    topic: str = CLICKS.name
-    kafka: KafkaSettings = field(default_factory=KafkaSettings)  # masks its passwords in repr
-    window_ms: int = 30 * 86_400_000
-    holdout_ms: int = 86_400_000
-    until: int | str = "now"  # epoch ms, "now" or "latest" (newest click in the topic)
-    registry: str = "models"
-    preset: str | None = None
-    overrides: tuple[str, ...] = ()  # key=value changes to the preset
-    tolerance: float = 0.01  # absolute, in units of PRIMARY_METRIC
-    primary: str = PRIMARY_METRIC
-    device: str = "auto"
-    publish: bool = True
-    updates_topic: str = MODEL_UPDATES.name
-    artifact_uri_prefix: str | None = None  # registry root as the workers see it
-    model_key: bytes | None = field(default=None, repr=False)  # HMAC key; never printed
-    progress: bool = True
-    split_options: dict[str, Any] = field(default_factory=dict)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _read_archive(options: RetrainOptions, **bounds: int) -> TopicEvents:
-    """The window's clicks; KafkaSetupError (one line) when the topic cannot be read."""
-    return run_kafka(
-        aread_topic_events(options.kafka, options.topic, progress=options.progress, **bounds),
-        options.kafka,
-    )
-
-
-def run_once(options: RetrainOptions) -> RunReport:
-    """One retraining run (see the module doc); raises RetrainError / ArtifactError."""
-    started = time.perf_counter()
-    registry = Registry(options.registry)
-    # Fail early on a broken registry rather than after an hour of training.
-    served = registry.promoted()
-    served_artifact = registry.load(served) if served is not None else None
-
-    if options.until == "latest":
-        all_events = _read_archive(options)
-        if not all_events:
-            raise RetrainError(f"topic {options.topic!r} holds no valid clicks")
-        end_ms = max(e.timestamp for e in all_events) + 1
-        start_ms = end_ms - options.window_ms
-        events = [e for e in all_events if e.timestamp >= start_ms]
-    else:
-        end_ms = _now_ms() if options.until == "now" else int(options.until)
-        start_ms = end_ms - options.window_ms
-        events = _read_archive(options, start_ms=start_ms, end_ms=end_ms)
-        # The read goes by the records' Kafka timestamps; the window is about click times
-        # (the same unless a producer left the record timestamp unset).
-        events = [e for e in events if start_ms <= e.timestamp < end_ms]
-    if not events:
-        raise RetrainError(
-            f"no clicks in {options.topic!r} within [{iso(start_ms)}, {iso(end_ms)})"
-        )
-    split = split_from_events(
-        events,
-        name=f"{options.topic}@{iso(end_ms)}",
-        test_days=options.holdout_ms / DAY_MS,
-        n_negatives=0,  # the comparison uses the full-ranking protocol only
-        **options.split_options,
-    )
-    if split.test.sessions.n_sessions == 0:
-        raise RetrainError(
-            f"the held-out slice (last {format_duration(options.holdout_ms)}) holds no "
-            "session with two known clicks; widen --holdout or --window"
-        )
-    config = load_preset(options.preset) if options.preset else TrainConfig()
-    if options.overrides:
-        config = apply_overrides(config, list(options.overrides))
-    # The shared recipe (batch_training.pipeline), in steps: the gate below sits between
-    # evaluating the candidate and exporting it. No validation: the held-out slice decides.
-    pipeline = TrainingPipeline(
-        split, config, PipelineOptions(device=options.device, progress=options.progress)
-    )
-    trained = pipeline.fit()
-    metrics = trained.test.metrics["full"]
-
-    baseline_metrics = None
-    if served_artifact is not None:
-        scorer = MappedArtifactScorer(served_artifact, split.vocab.ids)
-        baseline_metrics = evaluate_full(scorer, split.test, progress=options.progress)
-    decision = decide(
-        metrics, baseline_metrics, primary=options.primary, tolerance=options.tolerance
-    )
-
-    name, path = registry.new_version_dir()
-    training_data = {
-        "topic": options.topic,
-        "first_timestamp": start_ms,
-        "last_timestamp": end_ms,
-        "holdout_from": max(e.timestamp for e in events) - options.holdout_ms,
-        "n_events": len(events),
-        "n_train_sessions": split.train.n_sessions,
-        "n_holdout_sessions": split.test.sessions.n_sessions,
-    }
-    pipeline.export(
-        trained, path, version=name, training_data=training_data, metrics={"holdout": metrics}
-    )
-    details = {
-        "baseline": served,
-        "baseline_metrics": baseline_metrics,
-        "primary": options.primary,
-        "tolerance": options.tolerance,
-        "window": [start_ms, end_ms],
-        "n_events": len(events),
-    }
-    published = False
-    if decision == "promoted":
-        # Promoted before it is announced: a worker with --registry checks the registry
-        # when the announcement arrives and refuses a version not (yet) promoted.
-        registry.promote(name, f"{options.primary} within tolerance of {served or 'nothing'}")
-        if options.publish:
-            uri = None
-            if options.artifact_uri_prefix:
-                uri = f"{options.artifact_uri_prefix.rstrip('/')}/{name}"
-            try:
-                asyncio.run(
-                    publish_artifact(
-                        options.kafka,
-                        path,
-                        topic=options.updates_topic,
-                        uri=uri,
-                        key=options.model_key,
-                    )
-                )
-            except Exception as exc:
-                kafka = isinstance(exc, KAFKA_FAILURES)
-                reason = failure_text(exc, options.kafka) if kafka else str(exc)
-                registry.record(name, metrics, "publish-failed", **details, error=reason)
-                raise RetrainError(f"{name} passed but publishing it failed: {reason}") from exc
-            published = True
-    registry.record(name, metrics, decision, **details)
-    return RunReport(
-        candidate=name,
-        decision=decision,
-        metrics=metrics,
-        baseline=served,
-        baseline_metrics=baseline_metrics,
-        n_events=len(events),
-        start_ms=start_ms,
-        end_ms=end_ms,
-        seconds=time.perf_counter() - started,
-        published=published,
-    )
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -305,8 +147,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=float,
         default=0.01,
-        help=f"promote if {PRIMARY_METRIC} >= promoted's - tolerance (absolute; default 0.01)",
+        help="promote if the lower confidence bound of candidate - reference is >= "
+        "-tolerance on both metrics (absolute; default 0.01)",
     )
+    parser.add_argument(
+        "--metric",
+        choices=METRICS,
+        default=PRIMARY_METRIC,
+        help=f"primary gate metric (default {PRIMARY_METRIC}); the other one is a guard",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="one-sided confidence of the bound (default 0.95)",
+    )
+    parser.add_argument(
+        "--bootstrap-samples",
+        type=int,
+        default=1000,
+        help="paired bootstrap resamples of held-out sessions (default 1000)",
+    )
+    parser.add_argument(
+        "--min-sessions",
+        type=int,
+        default=100,
+        help="fewer held-out sessions: no decision, not promoted (default 100)",
+    )
+    parser.add_argument(
+        "--compare-last",
+        type=int,
+        default=3,
+        help="also compare with the best of the last N promoted versions (default 3; 0: off)",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=_duration_arg,
+        default="6h",
+        help="a retrain lock older than this is stale (default 6h)",
+    )
+    parser.add_argument(
+        "--explain", metavar="VERSION",
+        help="print the gate's recorded decision on VERSION and exit",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument(
         "--updates-topic", default=MODEL_UPDATES.name, help="where promoted versions go"
@@ -341,6 +224,14 @@ def options_from_args(args: argparse.Namespace) -> RetrainOptions:
         preset=args.preset,
         overrides=tuple(args.overrides),
         tolerance=args.tolerance,
+        primary=args.metric,
+        gate=GateOptions(
+            confidence=args.confidence,
+            bootstrap_samples=args.bootstrap_samples,
+            min_sessions=args.min_sessions,
+            compare_last=args.compare_last,
+        ),
+        lock_timeout_ms=args.lock_timeout,
         device=args.device,
         publish=not args.no_publish,
         updates_topic=args.updates_topic,
@@ -351,10 +242,16 @@ def options_from_args(args: argparse.Namespace) -> RetrainOptions:
 
 
 def _run_and_report(options: RetrainOptions) -> int:
+    lock = RunLock(options.registry, options.lock_timeout_ms)
+    try:
+        lock.acquire()  # first of all: a second run must not even read the archive
+    except LockHeld as exc:
+        print(f"retrain: not started: {exc}", file=sys.stderr, flush=True)
+        return EXIT_LOCKED
     try:
         # Before reading or training: a wrong CA file or password is named at once.
         run_kafka(check_connection(options.kafka), options.kafka)
-        report = run_once(options)
+        report = run_locked(options)
     except KafkaSetupError as exc:
         return report_failure(PROG, exc)
     except (RetrainError, ArtifactError, ValueError) as exc:
@@ -364,6 +261,8 @@ def _run_and_report(options: RetrainOptions) -> int:
         log.exception("retrain run failed")
         print(f"retrain failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        lock.release()
     print(report.summary(options.primary, options.tolerance), flush=True)
     return 0
 
@@ -373,6 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tolerance < 0:
         parser.error("--tolerance must be >= 0")
+    if not 0.5 <= args.confidence < 1:
+        parser.error("--confidence must be in [0.5, 1)")
+    if args.bootstrap_samples < 1 or args.min_sessions < 1 or args.compare_last < 0:
+        parser.error("--bootstrap-samples and --min-sessions must be >= 1, --compare-last >= 0")
+    if args.explain is not None:
+        try:
+            print(explain_version(Registry(args.registry), args.explain))
+        except ArtifactError as exc:
+            print(f"retrain --explain: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         options = options_from_args(args)
     except KeyFileError as exc:

@@ -52,6 +52,7 @@ REFUSAL_REASONS = (
     "symlink",  # the artifact directory or one of its files is a symbolic link
     "checksum",  # bytes that do not match the manifest or the announced checksum
     "signature",  # missing or wrong HMAC with --model-key-file
+    "stale",  # an announcement older than the serving version, not marked as a rollback
     "invalid",  # anything else: missing or malformed files, shapes, version mismatch
 )
 

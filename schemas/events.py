@@ -242,11 +242,16 @@ class ModelUpdate:
     created_at: int  # epoch ms
     # "hmac-sha256:<hex>" over the other fields (schemas/signing.py); absent when unsigned.
     signature: str | None = None
+    # An operator's rollback (`publish` of a version older than the newest promoted):
+    # workers apply it although it moves the version backwards; others must move forward.
+    rollback: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         if self.signature is None:
             del out["signature"]  # unsigned records keep their original form
+        if not self.rollback:
+            del out["rollback"]  # likewise: records without it read as before
         return out
 
     @classmethod
@@ -261,6 +266,7 @@ class ModelUpdate:
                 signature=(
                     None if d.get("signature") is None else _require_id(d, "signature", 256)
                 ),
+                rollback=_optional_bool(d, "rollback"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ValidationError):
@@ -273,6 +279,13 @@ def encode(record: ClickEvent | Recommendation | DeadLetter | ModelUpdate) -> by
 
 
 # --- click validation -------------------------------------------------------------------
+
+
+def _optional_bool(d: dict[str, Any], name: str) -> bool:
+    value = d.get(name, False)
+    if not isinstance(value, bool):
+        raise ValidationError(name, f"must be true or false, got {type(value).__name__}")
+    return value
 
 
 def _require_id(d: dict[str, Any], name: str, max_chars: int, *, allow_int: bool = False) -> str:

@@ -24,9 +24,12 @@ records.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -45,6 +48,8 @@ from schemas.artifact import (
 
 PROMOTED = "PROMOTED"
 DECISIONS = "decisions.jsonl"
+RETRAIN_LOCK = "retrain.lock"  # one retraining run at a time (O_CREAT|O_EXCL, see RunLock)
+PROMOTION_LOCK = ".promotion.lock"  # flock: promote/pin/publish steps never interleave
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 
@@ -67,7 +72,9 @@ def version_name(number: int) -> str:
 class Decision:
     """One line of the decision log."""
 
-    event: str  # "candidate" (evaluated, promoted or not) or "promote" (pointer moved)
+    # "candidate" (evaluated, promoted or not), "promote" (pointer moved), "pin"/"unpin"
+    # (an operator stopped / allowed automatic promotion)
+    event: str
     version: str
     at: int  # epoch ms
     decision: str  # "promoted", "rejected", or the promotion reason
@@ -210,6 +217,54 @@ class Registry:
             return True
         return any(d.event == "promote" and d.version == version for d in self.decisions())
 
+    def promoted_history(self) -> list[str]:
+        """Versions in the order they were promoted (newest last, each once, at its last
+        promotion)."""
+        order: list[str] = []
+        for d in self.decisions():
+            if d.event == "promote":
+                if d.version in order:
+                    order.remove(d.version)
+                order.append(d.version)
+        return order
+
+    def newest_promoted(self) -> str | None:
+        """The highest version ever promoted: publishing anything older is a rollback."""
+        history = self.promoted_history()
+        return max(history, key=version_number) if history else None
+
+    # --- pins: an operator's word stops automatic promotion ------------------------------------
+
+    def pin(self, version: str, reason: str = "pinned by operator") -> None:
+        self._append(Decision("pin", version, _now_ms(), reason, {}, {}))
+
+    def unpin(self, reason: str = "unpinned by operator") -> None:
+        current = self.pinned() or "-"
+        self._append(Decision("unpin", current, _now_ms(), reason, {}, {}))
+
+    def pinned(self) -> str | None:
+        """The pinned version while a pin is in force (the last pin/unpin line is a pin)."""
+        state = None
+        for d in self.decisions():
+            if d.event == "pin":
+                state = d.version
+            elif d.event == "unpin":
+                state = None
+        return state
+
+    @contextlib.contextmanager
+    def promotion_lock(self) -> Any:
+        """Exclusive for a short read-check-promote step (retrain's promotion, publish):
+        an operator's rollback cannot slip between retrain's check and its promotion."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / PROMOTION_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def gate_decision(self, version: str) -> str | None:
         """The promotion gate's last word on a candidate ("promoted", "rejected", ...), or
         None for a version that never went through it (added by hand)."""
@@ -262,6 +317,95 @@ class Registry:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class LockHeld(RuntimeError):
+    """Another run holds the registry's retrain lock; the message names it."""
+
+
+class RunLock:
+    """`<root>/retrain.lock`: created with O_CREAT|O_EXCL holding {pid, host, at}.
+
+    A lock older than `timeout_ms`, or left by a dead process on this host, is stale and
+    taken over (a crashed run must not block retraining forever). Released on exit only if
+    it is still ours.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], timeout_ms: int) -> None:
+        self.path = Path(root) / RETRAIN_LOCK
+        self.timeout_ms = timeout_ms
+        self.mine: bytes | None = None
+
+    def holder(self) -> dict[str, Any] | None:
+        try:
+            return dict(orjson.loads(self.path.read_bytes()))
+        except FileNotFoundError:
+            return None
+        except (orjson.JSONDecodeError, TypeError, ValueError, OSError):
+            return {}  # unreadable (being written, or garbage): judged by the file's age
+
+    def _stale(self, holder: dict[str, Any]) -> bool:
+        try:
+            at = int(holder.get("at") or self.path.stat().st_mtime * 1000)
+        except OSError:
+            return False
+        if _now_ms() - at > self.timeout_ms:
+            return True
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            try:
+                os.kill(holder["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = orjson.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": _now_ms()})
+        for _ in range(2):  # a second try after removing a stale lock
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is None:
+                    continue  # released meanwhile
+                if not self._stale(holder):
+                    raise LockHeld(_describe_holder(self.path, holder)) from None
+                self.path.unlink(missing_ok=True)
+                continue
+            try:
+                os.write(fd, body)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.mine = body
+            return
+        raise LockHeld(_describe_holder(self.path, self.holder() or {}))
+
+    def release(self) -> None:
+        if self.mine is not None:
+            with contextlib.suppress(OSError):
+                if self.path.read_bytes() == self.mine:
+                    self.path.unlink()
+            self.mine = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _describe_holder(path: Path, holder: dict[str, Any]) -> str:
+    at = holder.get("at")
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at / 1000)) if at else "?"
+    return (
+        f"another retrain holds {path} (pid {holder.get('pid', '?')} on host "
+        f"{holder.get('host', '?')}, since {since}); it is stale after --lock-timeout or "
+        "when that process is gone"
+    )
 
 
 RUN_MODEL_DIR = "model"  # where `gru4stream train --out RUN_DIR` puts the run's artifact

@@ -5,7 +5,8 @@ did not change), not origin: anyone who may write to `model-updates` can announc
 artifact. With a shared secret key, `publish`/`retrain --model-key-file` sign each
 announcement and `worker --model-key-file` refuses one without a valid signature.
 
-The signature is HMAC-SHA256 over a canonical encoding of every other field (sorted keys,
+The signature is HMAC-SHA256 over a canonical encoding of every other field (`rollback` only
+when true, so older signatures stay valid; sorted keys,
 orjson's float formatting, a domain tag so the bytes mean nothing elsewhere), carried as
 `"hmac-sha256:<hex>"` in the record's optional `signature` field.
 """
@@ -47,6 +48,10 @@ def canonical_bytes(update: ModelUpdate) -> bytes:
     """What is signed: every field but the signature, in one fixed encoding."""
     fields = dataclasses.asdict(update)
     fields.pop("signature", None)
+    if not fields.get("rollback"):
+        # Signed when set; left out when false so that signatures made before the field
+        # existed still verify (the canonical bytes are then unchanged).
+        fields.pop("rollback", None)
     return _DOMAIN + orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
 
 

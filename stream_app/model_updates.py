@@ -3,9 +3,11 @@
 Every worker reads `model-updates` itself with a plain consumer (no group), from the start of
 that compacted single-partition topic. At start it reads up to the end and loads the newest
 announcement that verifies (going back to older ones if the newest is refused); after that it
-applies every new announcement. Loading (read + verify + FAISS index) runs off the event
-loop; the swap itself is one reference assignment, and the agent reads that reference once
-per micro-batch, so a batch is always answered by one model and swaps fall between batches.
+applies every new announcement that moves the version forward (or is marked as an
+operator's rollback); an older one is refused as "stale". Loading (read + verify + FAISS
+index) runs off the event loop; the swap itself is one reference assignment, and the agent
+reads that reference once per micro-batch, so a batch is always answered by one model and
+swaps fall between batches.
 
 A refused artifact (checksum, shapes, vocabulary, manifest checksum or version not matching
 the announcement; and what stream_app/trust.py refuses: outside the registry, never
@@ -29,6 +31,7 @@ from kafka_io.clients import consumer
 from kafka_io.settings import KafkaSettings
 from schemas.artifact import MANIFEST, ArtifactError, read_artifact
 from schemas.events import ModelUpdate, ValidationError, decode_model_update
+from schemas.registry import is_version_name, version_number
 from scoring import ServingModel
 from stream_app.trust import TrustPolicy
 
@@ -121,6 +124,14 @@ class ModelHolder:
             self._on_event(record)
 
 
+def is_stale(update: ModelUpdate, serving: str) -> bool:
+    """An announcement that would move registry versions backwards without `rollback`.
+    Names outside the registry scheme (v0001, ...) have no order and are never stale."""
+    if update.rollback or not (is_version_name(update.version) and is_version_name(serving)):
+        return False
+    return version_number(update.version) < version_number(serving)
+
+
 class ModelUpdateFollower:
     """Reads `model-updates` without a consumer group and swaps models into a holder."""
 
@@ -189,6 +200,15 @@ class ModelUpdateFollower:
         if current is not None and current.version == update.version:
             log.info("model %s announced again; already serving it", update.version)
             return True
+        if current is not None and is_stale(update, current.version):
+            # Announcements can arrive out of order (two publishers, a replayed topic): only
+            # an operator's marked rollback may move the served version backwards.
+            self.holder.refuse(
+                update.version,
+                f"older than the serving {current.version} and not marked as a rollback",
+                "stale",
+            )
+            return False
         loop = asyncio.get_running_loop()
         trust = self.trust
         try:

@@ -50,6 +50,7 @@ def test_produce_retrain_and_publish_authenticate_as_their_principals(
     trainer = ["--kafka-config", str(secure_broker.properties("trainer"))]
     small = ["--set", "layers=16", "--set", "n_epochs=1", "--set", "n_sample=32"]
     argv = ["--topic", clicks, "--updates-topic", updates, "--registry", str(registry.root)]
+    argv += ["--min-sessions", "5"]  # a small archive: the gate's default wants 100
     argv += ["--device", "cpu", "--no-progress", *small]
     assert retrain_main([*argv, *trainer]) == 0
     assert "promoted and published" in capsys.readouterr().out

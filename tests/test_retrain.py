@@ -1,4 +1,4 @@
-"""Scheduled retraining: durations, the promotion rule, the mapped comparison, full runs."""
+"""Scheduled retraining: durations, usage errors, full runs against the archive topic."""
 
 from __future__ import annotations
 
@@ -14,16 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from batch_training.evaluate import evaluate_full
-from batch_training.gate import MappedArtifactScorer, RetrainError, decide
 from batch_training.retrain import format_duration, main, parse_duration
-from schemas.artifact import read_artifact
 from schemas.events import ClickEvent, decode_model_update, encode_click
-from schemas.metrics import rank_metrics, ranks_from_scores
 from schemas.registry import Registry
 from schemas.topics import CLICKS, spec_named
-from scoring import ServingModel
-from stream_app.synthetic import write_random_artifact
 from tests.kafka_util import consume_all, create_topic, produce, unique_topic
 
 DAY = 86_400_000
@@ -49,73 +43,20 @@ def test_format_duration_round_trips():
         assert format_duration(parse_duration(text)) == text
 
 
-def test_decide_uses_an_absolute_tolerance():
-    assert decide({"recall@20": 0.1}, None) == "promoted"
-    base = {"recall@20": 0.30}
-    assert decide({"recall@20": 0.31}, base, tolerance=0.0) == "promoted"
-    assert decide({"recall@20": 0.295}, base, tolerance=0.01) == "promoted"
-    assert decide({"recall@20": 0.285}, base, tolerance=0.01) == "rejected"
-    assert decide({"recall@20": 0.30}, base, tolerance=0.0) == "promoted"  # equal is not worse
-    with pytest.raises(RetrainError, match="primary"):
-        decide({"mrr@20": 0.3}, base)
-
-
 def test_usage_errors_exit_2(capsys):
     for argv, message in (
         (["--window", "30x"], "not a duration"),
         (["--every", "soon"], "not a duration"),
         (["--window", "1d", "--holdout", "1d"], "shorter than --window"),
         (["--tolerance", "-0.1"], "tolerance"),
+        (["--confidence", "1"], "confidence"),
+        (["--metric", "ndcg@20"], "invalid choice"),
         (["--until", "tomorrow"], "not ISO 8601"),
     ):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
-
-
-def test_mapped_scorer_follows_the_serving_rules(tmp_path):
-    """The promoted model scored on another vocabulary equals the serving core's numbers:
-    unknown inputs leave the state, unknown targets rank last."""
-    artifact = read_artifact(
-        write_random_artifact(tmp_path / "a", version="v0001", n_items=30, layers=(12,), seed=1)
-    )
-    served = ServingModel.from_artifact(artifact)
-    # The candidate's vocabulary: 20 of the served items, shuffled, and 6 new ones.
-    rng = np.random.default_rng(0)
-    candidate_ids = tuple(
-        [artifact.items[i] for i in rng.permutation(30)[:20]] + [f"new{i}" for i in range(6)]
-    )
-    scorer = MappedArtifactScorer(artifact, candidate_ids)
-    assert scorer.n_items == 26 and scorer.n_unknown == 6
-
-    sessions = [rng.integers(0, 26, rng.integers(2, 7)) for _ in range(80)]
-    items = np.concatenate(sessions)
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sessions])])
-    data = type("EvalData", (), {})()
-    data.sessions = type("S", (), {"items": items, "offsets": offsets})()
-    data.eval_from = np.ones(len(sessions), dtype=np.int64)
-    got = evaluate_full(scorer, data, progress=False)
-
-    ranks = []
-    for seq in sessions:
-        served_idx = served.index_of([candidate_ids[i] for i in seq])  # -1 for new items
-        state = served.initial_state(1)
-        for t in range(len(seq) - 1):
-            state = served.step(state, served_idx[t : t + 1])
-            full = served.scores(state)[0].astype(np.float64)
-            # The candidate's item j scores like the served item it maps to, -inf if new.
-            on_candidate = np.array(
-                [full[k] if k >= 0 else -np.inf for k in served.index_of(candidate_ids)]
-            )
-            ranks.append(ranks_from_scores(on_candidate[None], seq[t + 1 : t + 2])[0])
-    expected = rank_metrics(np.array(ranks))
-    for name, value in expected.items():
-        assert got[name] == pytest.approx(value, abs=1e-9), name
-    assert torch.isinf(scorer.step(scorer.init_state(1), torch.tensor([0]))[1][0, 20:]).all()
-
-
-# --- full runs against the broker ------------------------------------------------------------
 
 
 def _markov_clicks(n_sessions: int, n_items: int, now_ms: int, seed: int) -> list[ClickEvent]:
@@ -144,7 +85,7 @@ def test_retrain_promotes_records_publishes_and_rejects_worse(tmp_path, kafka_bo
     common = [
         "--topic", topic, "--bootstrap", kafka_bootstrap, "--updates-topic", updates,
         "--registry", str(registry.root), "--window", "30d", "--holdout", "1d",
-        "--device", "cpu", "--no-progress", *small,
+        "--device", "cpu", "--no-progress", "--min-sessions", "20", *small,
     ]  # fmt: skip
 
     # 1. No promoted model yet: the candidate is promoted and published.
@@ -227,6 +168,7 @@ def test_every_repeats_until_stopped_and_latest_follows_the_topic(tmp_path, kafk
             "--bootstrap", kafka_bootstrap, "--registry", str(tmp_path), "--until", "latest",
             "--every", "1s", "--updates-topic", unique_topic("model-updates"), "--device", "cpu",
             "--no-progress", "--set", "layers=16", "--set", "n_epochs=1", "--set", "n_sample=32",
+            "--min-sessions", "5",
         ],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},

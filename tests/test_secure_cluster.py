@@ -139,7 +139,8 @@ def cluster(secure_broker, tmp_path_factory) -> Cluster:
 def retrain(cluster: Cluster, *extra: str) -> str:
     argv = [
         "--topic", cluster.names.clicks, "--updates-topic", cluster.names.updates,
-        "--registry", str(cluster.registry), "--device", "cpu", "--no-progress", *SMALL, *extra,
+        "--registry", str(cluster.registry), "--device", "cpu", "--no-progress", *SMALL,
+        "--min-sessions", "5", *extra,  # a small archive: the gate's default wants 100
     ]  # fmt: skip
     return ok(cluster.run("retrain", *argv, principal="trainer"))
 
