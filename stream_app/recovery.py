@@ -13,6 +13,12 @@ are then committed with clicks that were never answered (seen with faust-streami
 Stopping the flow first closes the window: nothing is delivered until the seek is done, a
 fetch that returns meanwhile is discarded by Faust with a seek back to the committed
 offsets, and the base method resumes the flow once the position is right.
+
+aiokafka's `seek_to_committed` seeks only partitions whose committed offset is above 0, so a
+partition with nothing committed yet (or 0) keeps the position of that discarded fetch and
+its first clicks would be skipped. `perform_seek` is therefore widened, for the duration of
+this step, to put such partitions back at their first offset (the worker's offset reset is
+"earliest" unless told otherwise; with "latest" there is nothing to rewind).
 """
 
 from __future__ import annotations
@@ -23,9 +29,32 @@ from faust.tables.recovery import Recovery
 
 class SeekBeforeFlowRecovery(Recovery):
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
-        self.app.consumer.stop_flow()
+        consumer = self.app.consumer
+        consumer.stop_flow()
         self.app.flow_control.suspend()
-        await super().on_recovery_completed(generation_id)
+        seek_committed = consumer.perform_seek
+
+        async def seek_all() -> None:
+            await seek_committed()
+            await self._rewind_uncommitted()
+
+        consumer.perform_seek = seek_all  # an instance attribute, removed right after
+        try:
+            await super().on_recovery_completed(generation_id)
+        finally:
+            del consumer.perform_seek
+
+    async def _rewind_uncommitted(self) -> None:
+        if self.app.conf.consumer_auto_offset_reset != "earliest":
+            return
+        consumer = self.app.consumer
+        streams = [tp for tp in consumer.assignment() if not self._is_changelog_tp(tp)]
+        committed = consumer._committed_offset  # filled by perform_seek: offsets above 0 only
+        uncommitted = [tp for tp in streams if not committed.get(tp)]
+        if uncommitted:
+            first = await consumer.earliest_offsets(*uncommitted)
+            for tp in uncommitted:
+                await consumer.seek(tp, first[tp])
 
 
 class SafeTableManager(TableManager):
