@@ -71,18 +71,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--eval-batch-size", type=int, default=256)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel training on N processes of this host (torchrun; gloo on CPU, "
+        "NCCL on CUDA); only rank 0 evaluates and writes. batch_size is split over them",
+    )
     return parser
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def _train(argv: list[str]) -> int:
+    from batch_training import distributed
     from batch_training.config import ConfigError, apply_overrides, load_preset
+    from batch_training.curves import plot_history
     from batch_training.pipeline import VALID_METRIC, PipelineOptions, run_pipeline
-    from batch_training.train import plot_history
 
     args = build_parser().parse_args(argv)
+    if args.nproc < 1:
+        raise CliError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not distributed.launched_by_torchrun():
+        # The same command on N ranks; each rank comes back here under torchrun.
+        return distributed.launch(args.nproc, ["gru4stream.cli", "train", *_without_nproc(argv)])
+    rank = 0
+    if distributed.launched_by_torchrun():
+        args.device = distributed.init_from_env(args.device)
+        rank = distributed.world()[0]
+        args.quiet = args.quiet or rank > 0
     setup_logging(args.quiet)
     setup_threads(args.threads)
-    if args.out.exists():
+    if rank == 0 and args.out.exists():
         raise CliError(f"{args.out}: already exists; choose a new run directory")
     try:
         config = load_preset(args.preset)
@@ -112,6 +142,12 @@ def _train(argv: list[str]) -> int:
         validate=not args.no_validation,
         eval_batch_size=args.eval_batch_size,
     )
+    if rank > 0:  # a helper rank trains its share; rank 0 evaluates, exports and writes
+        from batch_training.pipeline import TrainingPipeline
+
+        TrainingPipeline(split, config, options).train()
+        distributed.shutdown()
+        return 0
     version = args.version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     training_data = {
         "source": source_description(args),
@@ -161,6 +197,7 @@ def _train(argv: list[str]) -> int:
         + (f" (valid {VALID_METRIC} {best_valid:.4f})" if best_valid else "")
     )
     print(format_table({"GRU4Rec": test}))
+    distributed.shutdown()
     return 0
 
 

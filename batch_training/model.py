@@ -177,7 +177,20 @@ class GRU4Rec(nn.Module):
             new_hidden.append(x)
         else:
             table = self.output_weight if self.input_kind == "shared" else self.item_embedding
-            x = F.dropout(self._rows(table, items), self.dropout_p_embed, self.training)
+            return self.step_embedded(self._rows(table, items), hidden)
+        return self._cells(x, hidden, new_hidden)
+
+    def step_embedded(self, rows: Tensor, hidden: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """`step` from the items' input rows (B, in_dim) already looked up ("shared" and
+        "embedding" inputs): training gathers each step's item rows once (train._RowBatch)."""
+        if self.input_kind == "onehot":
+            raise ValueError("a one-hot first layer has no input rows; use step()")
+        x = F.dropout(rows, self.dropout_p_embed, self.training)
+        return self._cells(x, hidden, [])
+
+    def _cells(
+        self, x: Tensor, hidden: list[Tensor], new_hidden: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
         offset = len(new_hidden)
         for i, cell in enumerate(self.cells):
             x = cell(x, hidden[offset + i])

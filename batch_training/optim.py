@@ -42,39 +42,47 @@ class AdagradMomentum(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
+            dense = [p for p in group["params"] if p.grad is not None and not p.grad.is_sparse]
+            if dense:
+                self._dense_step(dense, [self.state[p] for p in dense], lr, momentum, eps)
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if p.grad.is_sparse:
-                    self._sparse_step(p, p.grad, state, lr, momentum, eps)
-                else:
-                    self._dense_step(p, p.grad, state, lr, momentum, eps)
+                if p.grad is not None and p.grad.is_sparse:
+                    self._sparse_step(p, p.grad, self.state[p], lr, momentum, eps)
         return loss
 
     @staticmethod
-    def _dense_step(p: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float):
-        acc = state["acc"]
-        acc.addcmul_(grad, grad)
-        scaled = grad / (acc + eps).sqrt_()
+    def _dense_step(
+        params: list[Tensor], states: list[dict], lr: float, momentum: float, eps: float
+    ) -> None:
+        # One foreach call per operation for all dense parameters (few dispatches: the small
+        # models are dominated by per-op overhead), and no temporary besides the denominator.
+        grads = [p.grad for p in params]
+        acc = [s["acc"] for s in states]
+        torch._foreach_addcmul_(acc, grads, grads)
+        denom = torch._foreach_add(acc, eps)
+        torch._foreach_sqrt_(denom)
         if momentum > 0:
-            velocity = state["velocity"]
-            velocity.mul_(momentum).add_(scaled, alpha=-lr)
-            p.add_(velocity)
+            velocity = [s["velocity"] for s in states]
+            torch._foreach_mul_(velocity, momentum)
+            torch._foreach_addcdiv_(velocity, grads, denom, value=-lr)
+            torch._foreach_add_(params, velocity)
         else:
-            p.add_(scaled, alpha=-lr)
+            torch._foreach_addcdiv_(params, grads, denom, value=-lr)
 
     @staticmethod
     def _sparse_step(p: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float):
-        # Duplicate row indices must be summed first: the update is not linear in g.
+        # Duplicate row indices must be summed first: the update is not linear in g. (Free when
+        # the gradient is already coalesced, as training's gathered rows are.)
         grad = grad.coalesce()
         rows = grad.indices()[0]
         values = grad.values()  # (n_rows, *p.shape[1:])
         acc = state["acc"].index_select(0, rows).addcmul_(values, values)
         state["acc"].index_copy_(0, rows, acc)
-        step = values / (acc + eps).sqrt_() * -lr
+        denom = acc.add_(eps).sqrt_()  # acc's rows are stored: reuse the buffer
         if momentum > 0:
-            velocity = state["velocity"].index_select(0, rows).mul_(momentum).add_(step)
-            state["velocity"].index_copy_(0, rows, velocity)
-            step = velocity
+            velocity = state["velocity"].index_select(0, rows).mul_(momentum)
+            step = velocity.addcdiv_(values, denom, value=-lr)
+            state["velocity"].index_copy_(0, rows, step)
+        else:
+            step = values.div(denom).mul_(-lr)
         p.index_add_(0, rows, step)

@@ -19,13 +19,13 @@ bfloat16 autocast on CUDA (opt-in).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from batch_training import distributed
 from batch_training.config import TrainConfig
 from batch_training.lanes import (  # re-exported: the iterator's old home
     SessionStep,
@@ -44,6 +45,7 @@ from batch_training.losses import loss_function
 from batch_training.model import GRU4Rec
 from batch_training.optim import AdagradMomentum
 from batch_training.sampler import NegativeSampler
+from batch_training.stage_timer import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,54 @@ class _EpochContext:
     sampler: NegativeSampler | None
     log_support: Tensor | None  # (n_items,) for the logQ correction, None when it is off
     use_amp: bool
+    profile: StageTimer | None = None
+    sync: distributed.GradSync | None = None  # data-parallel: sums gradients over the ranks
+
+
+def _gathers_rows(model: GRU4Rec) -> bool:
+    """Whether a step can gather its item rows once (`_RowBatch`) instead of per lookup."""
+    return model.training and model.sparse_grad and model.input_kind == "shared"
+
+
+class _RowBatch:
+    """The output-weight rows one step touches, gathered once for the input lookup and the
+    scored columns.
+
+    With sparse lookups the output weights are read twice per step (inputs, then columns),
+    and backward builds a sparse gradient of B + C rows that the optimiser must coalesce (a
+    sort and a scatter). Gathering the step's unique rows into a small leaf instead gives
+    their summed gradient directly, already coalesced: the same update, fewer passes.
+    """
+
+    def __init__(self, model: GRU4Rec, inputs: Tensor, columns: Tensor) -> None:
+        ids, self.n_inputs = torch.cat([inputs, columns]), len(inputs)
+        self.model = model
+        self.rows, inverse = torch.unique(ids, sorted=True, return_inverse=True)
+        self.weight = model.output_weight.detach().index_select(0, self.rows).requires_grad_()
+        self.bias = model.output_bias.detach().index_select(0, self.rows).requires_grad_()
+        self.input_at, self.column_at = inverse[: self.n_inputs], inverse[self.n_inputs :]
+
+    def forward(self, hidden: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        output, hidden = self.model.step_embedded(self.weight[self.input_at], hidden)
+        weight = self.weight.index_select(0, self.column_at)
+        bias = self.bias.index_select(0, self.column_at).squeeze(1)
+        return torch.nn.functional.linear(output, weight, bias), hidden
+
+    def row_grads(self) -> Tensor:
+        """(R, H + 1): the gathered rows' weight and bias gradients side by side."""
+        assert self.weight.grad is not None and self.bias.grad is not None
+        return torch.cat([self.weight.grad, self.bias.grad], dim=1)
+
+    def put_grads(self) -> None:
+        """Hand the rows' gradients to the parameters, as the sparse lookups would have."""
+        index = self.rows[None]
+        for param, leaf in (
+            (self.model.output_weight, self.weight),
+            (self.model.output_bias, self.bias),
+        ):
+            param.grad = torch.sparse_coo_tensor(
+                index, leaf.grad, param.shape, is_coalesced=True, check_invariants=False
+            )
 
 
 def _train_step(
@@ -128,9 +178,11 @@ def _train_step(
     hidden: list[Tensor],
 ) -> tuple[Tensor, list[Tensor]]:
     """One session-parallel step: score targets + negatives, update. Returns the lane losses."""
-    dev = ctx.device
+    dev, timer = ctx.device, ctx.profile
     inputs = torch.from_numpy(step.inputs).to(dev, non_blocking=True)
     targets = torch.from_numpy(step.targets).to(dev, non_blocking=True)
+    if timer:
+        timer.tick("batch")
     sampled = ctx.sampler.sample() if ctx.sampler is not None else None
     columns = targets if sampled is None else torch.cat([targets, sampled])  # (B + n_sample,)
     log_q = None
@@ -138,15 +190,36 @@ def _train_step(
         # In-batch targets occur ~ support, sampled items ~ support ** alpha.
         log_q = ctx.log_support[columns]
         log_q[len(targets) :] *= ctx.config.sample_alpha
+    if timer:
+        timer.tick("sampling")
+    rows = _RowBatch(model, inputs, columns) if _gathers_rows(model) else None
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=ctx.use_amp):
-        output, hidden = model.step(inputs, hidden)
-        scores = model.score_items(output, columns)  # (B, B + n_sample), diagonal = positives
+        if rows is not None:
+            scores, hidden = rows.forward(hidden)
+        else:
+            output, hidden = model.step(inputs, hidden)
+            scores = model.score_items(output, columns)  # (B, B + n_sample), diagonal = positives
+    if timer:
+        timer.tick("forward")
     per_lane = ctx.loss_fn(scores.float(), log_q)
     # The authors divide by the configured batch size, also when the batch has shrunk.
     loss = per_lane.sum() / ctx.config.batch_size
+    if timer:
+        timer.tick("loss")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if ctx.sync is not None:
+        ctx.sync.reduce(
+            rows.rows if rows else None, rows.row_grads() if rows else None, active=True
+        )
+    elif rows is not None:
+        rows.put_grads()
+    if timer:
+        timer.tick("backward")
     optimizer.step()
+    if timer:
+        timer.tick("optimiser")
+        timer.steps += 1
     return per_lane.detach(), hidden
 
 
@@ -163,13 +236,24 @@ def _train_epoch(
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=ctx.device)
     n_events = 0
-    for i, step in enumerate(steps):
+    if ctx.profile:
+        ctx.profile.start()
+    for i in itertools.count():
+        step = next(steps, None)
+        if step is None:
+            # Data-parallel: a rank out of steps adds zero gradients until all ranks are done.
+            if ctx.sync is None or not ctx.sync.reduce(None, None, active=False):
+                break
+            optimizer.step()
+            continue
         # Carry the state across steps, but no backpropagation through time.
         hidden = advance_lanes([h.detach() for h in hidden], step)
         per_lane, hidden = _train_step(model, optimizer, ctx, step, hidden)
         loss_sum += per_lane.sum()
         n_events += len(per_lane)
         bar.update(len(per_lane))
+        if ctx.profile:
+            ctx.profile.tick("bookkeeping")
         if i % 100 == 0:  # .item() waits for the device: not every step
             mean = loss_sum.item() / n_events
             if not math.isfinite(mean):
@@ -178,7 +262,11 @@ def _train_epoch(
                 )
             speed = n_events / (time.perf_counter() - t0)
             bar.set_postfix(loss=f"{mean:.4f}", ev_s=f"{speed:,.0f}")
-    mean = loss_sum.item() / max(n_events, 1)
+    total = loss_sum.item()
+    if ctx.sync is not None:
+        total, events = ctx.sync.all_sum(total, n_events)
+        n_events = int(events)
+    mean = total / max(n_events, 1)
     if not math.isfinite(mean):
         raise FloatingPointError(f"loss is {mean} after epoch {epoch}; try a lower learning_rate")
     return mean, n_events
@@ -193,12 +281,19 @@ def train(
     validate: Callable[[GRU4Rec], float] | None = None,
     device: str = "auto",
     progress: bool = True,
+    profile: StageTimer | None = None,
 ) -> TrainResult:
     """Train GRU4Rec; `validate(model)` (higher is better) drives early stopping.
 
     item_support: training click counts per item, for the sampler and logQ; counted from
     `train_data` when not given. The returned model is the best validated epoch's (the last
     epoch's without `validate`), in eval mode. On the CPU a seed gives the same run twice.
+    profile: a StageTimer that sums the time of each stage of each step (benchmarks only).
+
+    Inside a torch.distributed process group (torchrun; batch_training.distributed) each rank
+    trains on its share of the sessions with batch_size / N lanes and the gradients are summed,
+    so the ranks hold equal weights; only rank 0 calls `validate`, and its metric is
+    broadcast. Events and loss in the history are over all ranks.
     """
     _check_inputs(train_data, n_items, item_support)
     dev = resolve_device(device)
@@ -207,6 +302,9 @@ def train(
         item_support = np.bincount(items, minlength=n_items)
     support = np.asarray(item_support, dtype=np.float64)
     starts, ends = session_bounds(train_data.offsets, config.max_history)
+    rank, world_size = distributed.world()
+    lanes = distributed.lanes_of(config.batch_size, rank, world_size)
+    starts, ends = starts[rank::world_size], ends[rank::world_size]
     epoch_events = int(np.sum(ends - starts - 1))
 
     # Seed init, dropout and sampling without disturbing the caller's random state.
@@ -214,6 +312,8 @@ def train(
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
         model = GRU4Rec.from_config(n_items, config).to(dev)
+        if rank > 0:  # equal initial weights, but each rank's own dropout masks
+            torch.manual_seed(config.seed + rank)
         optimizer = _optimizer(model, config)
         sampler = None
         if config.n_sample > 0:
@@ -223,7 +323,7 @@ def train(
                 config.n_sample,
                 config.sample_cache_size,
                 device=dev,
-                seed=config.seed,
+                seed=config.seed,  # data-parallel: one shared draw, as one process
             )
         log_support = None
         if config.loss == "cross-entropy" and config.logq > 0:
@@ -238,7 +338,18 @@ def train(
             sampler=sampler,
             log_support=log_support,
             use_amp=use_amp,
+            profile=profile,
         )
+        if world_size > 1:
+            gathered = _gathers_rows(model)
+            if model.sparse_grad and not gathered:
+                raise ValueError(
+                    "data-parallel training with sparse updates needs the shared embedding "
+                    "(constrained_embedding); else set sparse_updates=false"
+                )
+            ctx.sync = distributed.GradSync(
+                model, gathered_rows=gathered, max_rows=2 * lanes + config.n_sample
+            )
 
         # Without sampled negatives a lone lane has nothing to rank against.
         min_lanes = 1 if sampler else 2
@@ -249,17 +360,15 @@ def train(
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             t0 = time.perf_counter()
-            steps = session_parallel_batches(
-                items, starts, ends, config.batch_size, min_lanes=min_lanes
-            )
-            hidden = model.init_hidden(min(config.batch_size, len(starts)))
+            steps = session_parallel_batches(items, starts, ends, lanes, min_lanes=min_lanes)
+            hidden = model.init_hidden(min(lanes, len(starts)))
             desc = f"epoch {epoch}/{config.n_epochs}"
             with tqdm(
                 total=epoch_events,
                 desc=desc,
                 unit="ev",
                 unit_scale=True,
-                disable=not progress,
+                disable=not progress or rank > 0,
                 mininterval=0.5,
             ) as bar:
                 mean_loss, n_events = _train_epoch(model, optimizer, ctx, steps, hidden, bar, epoch)
@@ -279,7 +388,10 @@ def train(
                 model.eval()
                 t_valid = time.perf_counter()
                 with torch.no_grad():
-                    entry["valid"] = metric = float(validate(model))
+                    metric = float(validate(model)) if rank == 0 else None
+                    if ctx.sync is not None:
+                        metric = ctx.sync.broadcast(metric)
+                    entry["valid"] = metric
                 entry["valid_seconds"] = time.perf_counter() - t_valid
                 if metric > best_metric:
                     best_metric, best_epoch = metric, epoch
@@ -302,29 +414,3 @@ def train(
         if best_state is not None and best_epoch != history[-1]["epoch"]:
             model.load_state_dict(best_state)
     return TrainResult(model.eval(), history, best_epoch, config, str(dev))
-
-
-def plot_history(history: list[dict[str, Any]], path: str | Path) -> Path:
-    """Training curves (loss, validation metric, events/s per epoch) to a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 3.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_loss, ax_valid, ax_speed = fig.subplots(1, 3)
-    ax_loss.plot(epochs, [h["loss"] for h in history], marker="o")
-    ax_loss.set(title="training loss", xlabel="epoch")
-    valid = [(h["epoch"], h["valid"]) for h in history if h.get("valid") is not None]
-    if valid:
-        ax_valid.plot(*zip(*valid, strict=True), marker="o", color="tab:green")
-    else:  # a split without a validation set (e.g. Diginetica's): fixed epochs
-        ax_valid.text(0.5, 0.5, "no validation set", ha="center", va="center", color="gray")
-        ax_valid.set(xticks=[], yticks=[])
-    ax_valid.set(title="validation metric", xlabel="epoch")
-    ax_speed.bar(epochs, [h["events_per_s"] for h in history], color="tab:gray")
-    ax_speed.set(title="events / s", xlabel="epoch")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path

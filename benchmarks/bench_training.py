@@ -40,14 +40,29 @@ VARIANTS = {
 
 def run_once(args: argparse.Namespace) -> dict:
     """One training run in this process; returns its figures."""
+    if args.code_root:  # an older copy of the code (e.g. before an optimisation) goes first
+        sys.path.insert(0, str(Path(args.code_root).resolve()))
     import torch
 
     from batch_training.config import apply_overrides, load_preset
     from batch_training.splits import load_split
     from batch_training.train import resolve_device, train
 
+    timer = None
+    if args.profile:
+        from batch_training.stage_timer import StageTimer
+
+        timer = StageTimer(resolve_device(args.device))
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # --nproc: one of N data-parallel ranks
+        from batch_training import distributed  # (not in a --compare copy of older code)
+
+        args.device = distributed.init_from_env(args.device)
+    rank, nproc = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     options = {"max_sessions": args.max_sessions} if args.max_sessions else {}  # 0 = all
     split = load_split(args.dataset, **options)
     config = load_preset(args.preset, n_epochs=args.epochs, **VARIANTS[args.variant])
@@ -62,8 +77,12 @@ def run_once(args: argparse.Namespace) -> dict:
         item_support=split.item_support,
         device=str(device),
         progress=False,
+        **({"profile": timer} if timer else {}),
     )
     return {
+        "code": args.code_root or "current",
+        "stage_ms": timer.per_step_ms() if timer else None,
+        "steps": timer.steps if timer else None,
         "dataset": args.dataset,
         "variant": args.variant,
         "device": result.device,
@@ -78,6 +97,8 @@ def run_once(args: argparse.Namespace) -> dict:
         "rss_before_train_mb": rss_before,
         "total_seconds": time.perf_counter() - t0,
         "torch_threads": torch.get_num_threads(),
+        "nproc": nproc,
+        "rank": rank,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
 
@@ -90,11 +111,20 @@ def _current_rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def run_child(args: argparse.Namespace, dataset_arg: str, variant: str) -> dict:
+def run_child(
+    args: argparse.Namespace,
+    dataset_arg: str,
+    variant: str,
+    code_root: str | None = None,
+    nproc: int = 1,
+) -> dict:
     dataset, _, size = dataset_arg.partition(":")
     max_sessions = int(size) if size else args.max_sessions
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd = [
-        sys.executable,
+        *launcher,
         str(Path(__file__).resolve()),
         "--child",
         "--dataset",
@@ -112,12 +142,58 @@ def run_child(args: argparse.Namespace, dataset_arg: str, variant: str) -> dict:
     ]
     if max_sessions:
         cmd += ["--max-sessions", str(max_sessions)]
+    if code_root:
+        cmd += ["--code-root", code_root]
+    elif args.profile:
+        cmd += ["--profile"]
     for pair in args.set:
         cmd += ["--set", pair]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{dataset}/{variant} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(next(x for x in reversed(proc.stdout.splitlines()) if x.startswith("{")))
+
+
+def plot_scaling(runs: list[dict], path: Path) -> None:
+    """Median events/s against the number of processes, one line per dataset and variant."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    groups: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for r in runs:
+        if r["code"] == "current":
+            by_n = groups.setdefault((r["dataset"], r["variant"]), {})
+            by_n.setdefault(r["nproc"], []).extend(r["events_per_s"])
+    for (dataset, variant), by_n in groups.items():
+        ns = sorted(by_n)
+        ax.plot(
+            ns, [statistics.median(by_n[n]) for n in ns], marker="o", label=f"{dataset} {variant}"
+        )
+    ax.set(xlabel="processes (gloo, 1 torch thread each)", ylabel="events / s", xticks=ns)
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"data-parallel training on {os.cpu_count()} shared CPU cores", fontsize=10)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def print_profile(runs: list[dict]) -> None:
+    """Median ms per step of each stage, per dataset and variant (current code only)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        if r.get("stage_ms") and r.get("nproc", 1) == 1:
+            groups.setdefault((r["dataset"], r["variant"]), []).append(r)
+    for (dataset, variant), rs in groups.items():
+        stages = list(rs[0]["stage_ms"])
+        ms = {k: statistics.median(r["stage_ms"][k] for r in rs) for k in stages}
+        total = sum(ms.values())
+        print(f"per step, {dataset} {variant} ({rs[0]['steps']:,} steps, median of {len(rs)}):")
+        for k in stages:
+            print(f"  {k:<12}{ms[k]:8.3f} ms  {100 * ms[k] / total:5.1f}%")
+        print(f"  {'total':<12}{total:8.3f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,21 +208,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument(
+        "--profile", action="store_true", help="also time each stage of the step (ms/step)"
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="also run each variant with the batch_training found in DIR (e.g. a copy of the "
+        "code before a change), interleaved with the current code's runs; row 'before'",
+    )
+    parser.add_argument("--code-root", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="data-parallel processes (torchrun, gloo on CPU); several values: one row each",
+    )
+    parser.add_argument("--plot", type=Path, help="with several --nproc: events/s figure (PNG)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="sparse", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        print(json.dumps(run_once(args)))
+        result = run_once(args)
+        if result["rank"] == 0:  # under torchrun: one line, rank 0's (the events of all ranks)
+            print(json.dumps(result))
         return 0
 
     runs: list[dict] = []
     rows = []
     for dataset in args.datasets:
         baseline = None
-        for variant in args.variants:
-            results = [run_child(args, dataset, variant) for _ in range(args.runs)]
+        jobs = [(v, None, n) for v in args.variants for n in args.nproc]
+        if args.compare:
+            jobs = [(v, root, 1) for v in args.variants for root in (args.compare, None)]
+        results_of: dict[tuple[str, str | None, int], list[dict]] = {job: [] for job in jobs}
+        for _ in range(args.runs):  # interleaved: a slow minute on a shared machine hits all
+            for variant, root, n in jobs:
+                results_of[variant, root, n].append(run_child(args, dataset, variant, root, n))
+        for (variant, root, n), results in results_of.items():
             runs += results
             # Every epoch of every run is one sample of the throughput.
             speeds = [v for r in results for v in r["events_per_s"]]
@@ -158,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{dataset.partition(':')[0]}",
                     f"{first['clicks']:,}",
                     f"{first['items']:,}",
-                    variant,
+                    variant + (" (before)" if root else "") + (f" x{n} proc" if n > 1 else ""),
                     f"{speed:,.0f}",
                     f"{min(speeds):,.0f}-{max(speeds):,.0f}",
                     f"{statistics.median(s for r in results for s in r['epoch_seconds']):.1f}",
@@ -188,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in (header, *rows):
         print("  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
     print("peak MB: CUDA peak allocated on GPU; on CPU the child process's peak RSS.")
+    if args.profile:
+        print_profile(runs)
+    if args.plot and len(args.nproc) > 1:
+        plot_scaling(runs, args.plot)
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2))
     return 0

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from batch_training.config import TrainConfig, load_preset
+from batch_training.curves import plot_history
 from batch_training.model import GRU4Rec
 from batch_training.optim import AdagradMomentum
 from batch_training.train import (
     advance_lanes,
-    plot_history,
     resolve_device,
     session_bounds,
     session_parallel_batches,
