@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("gru4stream.topics:main", "create the project's topics on a cluster"),
     "train": ("batch_training.cli_train:main", "train GRU4Rec and export an artifact"),
     "evaluate": ("batch_training.cli_evaluate:main", "evaluate an artifact or a baseline"),
+    "tune": ("batch_training.tune:main", "search hyperparameters (Optuna), write a preset"),
     "publish": ("batch_training.publish:main", "announce a model version on model-updates"),
     "retrain": ("batch_training.retrain:main", "retrain from the archive, promote if not worse"),
     "worker": ("stream_app.cli:worker_main", "run the streaming recommendation worker"),

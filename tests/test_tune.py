@@ -1,0 +1,241 @@
+"""`gru4stream tune`: search spaces, the validation carve, pruning, and the command end to end
+on a MovieLens-100K slice (a preset `train --preset` accepts, a resumed study, no test reads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+optuna = pytest.importorskip("optuna")
+
+from batch_training import config as config_module  # noqa: E402
+from batch_training import pipeline, tune  # noqa: E402
+from batch_training.cli import train_main  # noqa: E402
+from batch_training.config import TrainConfig  # noqa: E402
+from batch_training.sessions import DatasetSplit, EvalData, ItemVocab, SessionData  # noqa: E402
+from batch_training.splits import load_split  # noqa: E402
+from batch_training.tune_space import SpaceError, load_space  # noqa: E402
+from schemas.events import DAY_MS  # noqa: E402
+
+SLICE = ["--dataset", "movielens-100k", "--max-sessions", "30"]
+# Small fixed sizes keep a trial to a second or two; the rest of the xe space is searched.
+SMALL = ["--set", "layers=[32]", "--set", "n_sample=64", "--set", "batch_size=16", "--epochs", "2"]
+SMALL += ["--set", "sample_cache_size=4096"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One thread, as the commands' --threads 1 sets for the whole process; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_space(tmp_path, params, fixed=None):
+    path = tmp_path / "my-space.json"
+    path.write_bytes(orjson.dumps({"fixed": fixed or {}, "params": params}))
+    return str(path)
+
+
+# --- search spaces ---------------------------------------------------------------------------
+
+
+def test_the_default_spaces_are_the_authors_ranges():
+    xe, bprmax = load_space("xe"), load_space("bprmax")
+    ranges = {p.name: (p.low, p.high, p.step) for p in xe.params}
+    assert ranges == {
+        "layers": (64, 512, 32),
+        "batch_size": (32, 256, 16),
+        "learning_rate": (0.01, 0.25, 0.005),
+        "dropout_p_embed": (0.0, 0.5, 0.05),
+        "dropout_p_hidden": (0.0, 0.7, 0.05),
+        "momentum": (0.0, 0.9, 0.05),
+        "sample_alpha": (0.0, 1.0, 0.1),
+    }
+    assert xe.base().loss == "cross-entropy" and xe.base().logq == 1.0
+    assert {p.name for p in bprmax.params} - set(ranges) == {"bpreg", "final_act", "elu_param"}
+    assert bprmax.base().loss == "bpr-max"
+    load_space("xe-wide")
+
+
+def test_an_unknown_key_is_rejected_naming_the_key_and_the_file(tmp_path):
+    path = write_space(tmp_path, {"hidden_size": {"type": "int", "low": 1, "high": 2}})
+    with pytest.raises(SpaceError, match=r"my-space\.json.*'hidden_size'"):
+        load_space(path)
+    path = write_space(tmp_path, {"momentum": {"type": "float", "low": 0, "high": 0.5}}, {"lr": 1})
+    with pytest.raises(SpaceError, match=r"my-space\.json.*'lr'"):
+        load_space(path)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"type": "float", "low": 0.0, "high": 1.0}, "dropout_p_hidden"),  # 1.0 is refused
+        ({"type": "float", "low": 0.5, "high": 0.1}, "'low' <= 'high'"),
+        ({"type": "float", "low": 0.0, "high": 0.5, "log": True}, "log range"),
+        ({"type": "uniform", "low": 0.0, "high": 0.5}, "'type' one of"),
+    ],
+)
+def test_a_range_the_trainer_would_refuse_fails_at_load(tmp_path, entry, message):
+    with pytest.raises(SpaceError, match=message):
+        load_space(write_space(tmp_path, {"dropout_p_hidden": entry}))
+
+
+def test_a_trial_config_is_the_base_with_the_drawn_values():
+    space = load_space("xe")
+    trial = optuna.trial.FixedTrial(
+        {
+            "layers": 96,
+            "batch_size": 48,
+            "learning_rate": 0.1,
+            "dropout_p_embed": 0.1,
+            "dropout_p_hidden": 0.30000000000000004,
+            "momentum": 0.0,
+            "sample_alpha": 0.5,
+        }
+    )
+    config = space.suggest(trial, space.base().replace(n_epochs=2))
+    assert config.layers == (96,) and config.batch_size == 48 and config.n_epochs == 2
+    assert config.dropout_p_hidden == 0.3  # Optuna's float steps, cleaned
+    assert config.logq == 1.0  # fixed by the space
+
+
+# --- the validation set ----------------------------------------------------------------------
+
+
+def _log_split(n_sessions=10):
+    """A session-log split without a validation set: session s starts on day s."""
+    lengths = np.full(n_sessions, 3)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    starts = np.repeat(np.arange(n_sessions) * DAY_MS, 3) + np.tile([0, 1000, 2000], n_sessions)
+    items = np.arange(3 * n_sessions) % 7
+    train = SessionData(items, offsets, starts, np.arange(n_sessions).astype(object))
+    vocab = ItemVocab(tuple(str(i) for i in range(7)))
+    test = EvalData(train.select(np.array([0])), np.ones(1, np.int64), None)
+    return DatasetSplit("log", vocab, train, None, test, {})
+
+
+def test_without_a_validation_set_the_latest_training_sessions_validate():
+    split = tune.tuning_split(_log_split(10), valid_days=2.5)
+    assert split.valid.sessions.session_ids.tolist() == [7, 8, 9]
+    assert split.train.session_ids.tolist() == list(range(7))
+    assert split.item_support.sum() == 21
+    with pytest.raises(tune.TestSplitAccess):
+        split.test  # noqa: B018
+    with pytest.raises(tune.CliError, match="valid-days"):
+        tune.tuning_split(_log_split(10), valid_days=100)
+
+
+def test_a_split_with_a_validation_set_keeps_it():
+    split = load_split("movielens-100k", max_sessions=30)
+    tuning = tune.tuning_split(split, valid_days=1.0)
+    assert tuning.valid is split.valid and tuning.train is split.train
+
+
+# --- pruning ---------------------------------------------------------------------------------
+
+
+class PruneAll(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+def test_a_trial_is_pruned_after_an_epoch_but_not_after_its_last():
+    split = tune.tuning_split(load_split("movielens-100k", max_sessions=30), 1.0)
+    space = load_space("xe")
+    base = TrainConfig(layers=(16,), batch_size=16, n_sample=32, sample_cache_size=4096, n_epochs=3)
+    space = space.without({"layers", "batch_size"})
+    objective = tune.make_objective(split, space, base, device="cpu")
+    study = optuna.create_study(direction="maximize", pruner=PruneAll())
+    study.optimize(objective, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]  # stopped at once, not after 3 epochs
+
+    # After the last epoch there is nothing left to save: the trial completes.
+    objective = tune.make_objective(split, space, base.replace(n_epochs=1), device="cpu")
+    study.optimize(objective, n_trials=1)
+    assert study.trials[-1].state == optuna.trial.TrialState.COMPLETE
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+class Guarded:
+    """A split whose test part raises: what `tune` gets instead of the real split."""
+
+    def __init__(self, split):
+        self._split = split
+
+    def __getattr__(self, name):
+        if name == "test":
+            raise AssertionError("gru4stream tune read the test split")
+        return getattr(self._split, name)
+
+
+@pytest.mark.slow
+def test_tune_writes_a_preset_resumes_and_never_reads_the_test_split(tmp_path, monkeypatch):
+    loaded = []
+
+    def load_guarded(args):
+        loaded.append(tune_load(args))
+        return Guarded(loaded[-1])
+
+    tune_load = tune.load_data
+    monkeypatch.setattr(tune, "load_data", load_guarded)
+    evaluated, interrupt_at = [], [3]  # the 3rd validation: trial #1, epoch 1
+    real_evaluate = pipeline.evaluate_full
+
+    def evaluate(scorer, data, *args, **kwargs):
+        split = loaded[-1]
+        assert data.sessions is split.valid.sessions and data is not split.test
+        evaluated.append(data)
+        if len(evaluated) == interrupt_at[0]:
+            raise KeyboardInterrupt  # as a Ctrl-C in the middle of a trial
+        return real_evaluate(scorer, data, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate_full", evaluate)
+    monkeypatch.setattr(config_module, "PRESETS_DIR", tmp_path / "presets")
+    study_file = tmp_path / "study.sqlite"
+    argv = [*SLICE, *SMALL, "--trials", "3", "--study", str(study_file), "--out", "tuned"]
+    argv += ["--plot", str(tmp_path / "search.png"), "--threads", "1", "--quiet"]
+
+    assert tune.main(argv) == 130  # interrupted; the best so far is written all the same
+    study = optuna.load_study(study_name=tune.DEFAULT_STUDY_NAME, storage=f"sqlite:///{study_file}")
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL"]
+    first = study.trials[0].params
+
+    assert tune.main(argv) == 0  # the same command resumes
+    study = optuna.load_study(study_name=tune.DEFAULT_STUDY_NAME, storage=f"sqlite:///{study_file}")
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]  # 3 finished, not 3 more
+    assert study.trials[0].params == first
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # no redraws
+    assert len(evaluated) == 3 + 2 * 2  # every validation ran on the validation set
+
+    preset = orjson.loads((tmp_path / "presets" / "tuned.json").read_bytes())
+    assert preset["tuning"]["best_trial"] == study.best_trial.number
+    assert preset["tuning"]["valid_recall@20"] == pytest.approx(study.best_value)
+    assert "never read" in preset["source"]
+    best = study.best_trial.params
+    assert preset["config"]["learning_rate"] == pytest.approx(best["learning_rate"])
+    assert preset["config"]["layers"] == [32] and preset["config"]["n_epochs"] == 2
+    assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A different search in the same study is refused, not mixed in; a hand-written preset
+    # is never replaced.
+    assert tune.main([*argv, "--set", "n_sample=128"]) == 2
+    (tmp_path / "presets" / "mine.json").write_bytes(b'{"config": {}}')
+    assert tune.main(["mine" if a == "tuned" else a for a in argv]) == 2
+    assert (tmp_path / "presets" / "mine.json").read_bytes() == b'{"config": {}}'
+
+    monkeypatch.setattr(pipeline, "evaluate_full", real_evaluate)
+    run = tmp_path / "run"
+    train_argv = [*SLICE, "--preset", "tuned", "--device", "cpu", "--out", str(run)]
+    assert train_main([*train_argv, "--quiet", "--threads", "1"]) == 0
+    metrics = orjson.loads((run / "metrics.json").read_bytes())
+    assert metrics["config"]["learning_rate"] == pytest.approx(best["learning_rate"])
