@@ -278,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         load_s = time.perf_counter() - started
         workload = Workload(model)
-        search = "exact (IndexFlatIP)" if model.exact else "HNSW (IndexHNSWFlat, IP)"
+        if model.exact:
+            search = "exact (BLAS)" if model.dense else "exact (IndexFlatIP)"
+        else:
+            search = "HNSW (IndexHNSWFlat, IP)"
         print(
             f"\n## {cat.name}: {cat.n_items:,} items, {cat.input_kind}, GRU {cat.layers}, "
             f"{search}, load+index {load_s:.1f} s"

@@ -55,6 +55,7 @@ from kafka_io.settings import KafkaConfigError, KafkaSettings, write_properties 
 from kafka_io.topics import create_topics as create  # noqa: E402
 from schemas.topics import CLICKS, RECOMMENDATIONS, spec_named  # noqa: E402
 from stream_app.harness import WorkerProcess, produce_clicks  # noqa: E402
+from stream_app.metrics import STAGES  # noqa: E402
 from stream_app.synthetic import write_random_artifact  # noqa: E402
 
 ACTIVE_SESSIONS = 2_000
@@ -104,7 +105,12 @@ def client_properties(settings: KafkaSettings, tmp: Path) -> Path:
 
 
 def start_worker(
-    settings: KafkaSettings, run: Run, model: Path, tmp: Path, naive: bool
+    settings: KafkaSettings,
+    run: Run,
+    model: Path,
+    tmp: Path,
+    naive: bool,
+    code: Path | None = None,
 ) -> WorkerProcess:
     args = [
         "--kafka-config", str(client_properties(settings, tmp)),
@@ -120,7 +126,10 @@ def start_worker(
     ]  # fmt: skip
     if naive:
         args.append("--naive")
-    return WorkerProcess(args, tmp / f"{run.tag}.log").start()
+    worker = WorkerProcess(args, tmp / f"{run.tag}.log")
+    if code is not None:
+        worker.code_root = code
+    return worker.start()
 
 
 async def read_answers(
@@ -203,9 +212,10 @@ async def throughput(
     naive: bool,
     events: int,
     n_items: int,
-    floor=False,
-) -> tuple[float, float]:
-    """Drain rate (answers/s) and answers per CPU-second of the worker process."""
+    floor: bool = False,
+    code: Path | None = None,
+) -> tuple[float, float, dict[str, float]]:
+    """Drain rate (answers/s), answers per CPU-second of the worker, its per-step profile."""
     run = Run.fresh("floor" if floor else "naive" if naive else "batched")
     await create_topics(settings, run)
     source = ClickSource(seed=1, n_items=n_items)
@@ -220,7 +230,7 @@ async def throughput(
         worker = FloorProcess(argv, tmp / f"{run.tag}.log")
         worker.start()
     else:
-        worker = start_worker(settings, run, model, tmp, naive)
+        worker = start_worker(settings, run, model, tmp, naive, code)
     cpu_at_first = None
     try:
         while not reader.done():
@@ -229,12 +239,44 @@ async def throughput(
             await asyncio.sleep(0.05)
         await reader
         cpu_used = cpu_seconds(worker.proc.pid) - (cpu_at_first or 0.0)
+        profiled = not floor and code is None  # older code may not report its steps
+        profile = await asyncio.to_thread(stage_profile, worker, events) if profiled else {}
     finally:
         worker.stop()
     if len(answers) < events:
         raise RuntimeError(f"{run.tag}: only {len(answers)}/{events} answers: {worker.tail()}")
     first, last = answers[0][0], answers[-1][0]
-    return (len(answers) - 1) / (last - first), (len(answers) - 1) / max(cpu_used, 1e-9)
+    rate = (len(answers) - 1) / (last - first)
+    return rate, (len(answers) - 1) / max(cpu_used, 1e-9), profile
+
+
+def stage_profile(worker: WorkerProcess, clicks: int) -> dict[str, float]:
+    """The worker's agent time per click by step (µs): wall ("stage") and loop-thread CPU."""
+    profile = {}
+    for kind, name in (
+        ("wall", "gru4stream_stage_seconds_total"),
+        ("cpu", "gru4stream_stage_cpu_seconds_total"),
+    ):
+        for stage in STAGES:
+            seconds = worker.metric(f'{name}{{stage="{stage}"}}')
+            profile[f"{kind}:{stage}"] = seconds / clicks * 1e6
+    batches = worker.metric("gru4stream_batch_size_count")
+    profile["batch"] = worker.metric("gru4stream_batch_size_sum") / max(batches, 1)
+    return profile
+
+
+def print_profile(runs: list[dict[str, float]]) -> None:
+    """A table of µs per click by step, medians over the runs."""
+    if not runs or not runs[0]:
+        return
+    print("| µs per click (median) | " + " | ".join(STAGES) + " | total |")
+    print("| --- |" + " ---: |" * (len(STAGES) + 1))
+    for kind in ("wall", "cpu"):
+        cells = [statistics.median(r[f"{kind}:{s}"] for r in runs) for s in STAGES]
+        shown = " | ".join(f"{c:.0f}" for c in cells)
+        label = "wall" if kind == "wall" else "CPU of the loop thread"
+        print(f"| {label} | {shown} | {sum(cells):.0f} |")
+    print(f"(clicks per micro-batch, mean: {statistics.median(r['batch'] for r in runs):.0f})")
 
 
 async def latency(
@@ -291,6 +333,30 @@ async def produce_paced(
         await client.stop()
 
 
+def compare_throughput(
+    settings: KafkaSettings, model: Path, tmp: Path, args: argparse.Namespace, n_items: int
+) -> None:
+    """This checkout's worker against the one in args.compare, runs interleaved."""
+    this, other = [], []
+    pair = [(None, this), (args.compare.resolve(), other)]
+    for run in range(args.runs):
+        # ABBA order: a load that rises or falls over the benchmark favours neither.
+        for code, out in pair if run % 2 == 0 else pair[::-1]:
+            rate, per_cpu, _ = asyncio.run(
+                throughput(settings, model, tmp, False, args.events, n_items, code=code)
+            )
+            out.append((rate, per_cpu))
+    for label, runs in (("this checkout", this), (f"{args.compare}", other)):
+        rates = ", ".join(f"{r:,.0f}" for r, _ in runs)
+        print(
+            f"## {label}: sustained {statistics.median(r for r, _ in runs):,.0f} events/s "
+            f"(runs: {rates}); {statistics.median(c for _, c in runs):,.0f} per CPU-second"
+        )
+    ratio = statistics.median(r for r, _ in this) / statistics.median(r for r, _ in other)
+    ratio_cpu = statistics.median(c for _, c in this) / statistics.median(c for _, c in other)
+    print(f"this / compared: {ratio:.2f}x events/s, {ratio_cpu:.2f}x events per CPU-second")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_kafka_arguments(parser)
@@ -299,6 +365,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-events", type=int, default=3_000)
     parser.add_argument("--seconds", type=float, default=20.0, help="per latency run")
     parser.add_argument("--catalogue", choices=sorted(CATALOGUES), default="ml-1m")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the micro-batched worker's and the floor's throughput (no naive, no latency)",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="also measure the throughput of the worker in checkout DIR (e.g. an earlier "
+        "commit's `git worktree`), its runs interleaved with this one's",
+    )
     parser.add_argument("--floor-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -331,24 +409,27 @@ def main(argv: list[str] | None = None) -> int:
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
         results = {}
-        for naive in (False, True):
+        if args.compare:
+            compare_throughput(settings, model, tmp, args, n_items)
+        for naive in (False,) if args.quick else (False, True):
             name = "naive" if naive else "batched"
             n = args.naive_events if naive else args.events
             runs = [
                 asyncio.run(throughput(settings, model, tmp, naive, n, n_items))
                 for _ in range(args.runs)
             ]
-            best = statistics.median(r for r, _ in runs)
-            per_cpu = statistics.median(c for _, c in runs)
+            best = statistics.median(r for r, _, _ in runs)
+            per_cpu = statistics.median(c for _, c, _ in runs)
             results[name] = (best, per_cpu)
-            shown = ", ".join(f"{r:,.0f}" for r, _ in runs)
+            shown = ", ".join(f"{r:,.0f}" for r, _, _ in runs)
             print(
                 f"\n## {name}: sustained {best:,.0f} events/s (runs: {shown}); "
                 f"{per_cpu:,.0f} events per worker CPU-second"
             )
+            print_profile([p for _, _, p in runs])
             print("| load | clicks/s | p50 ms | p95 ms | p99 ms | answers/s |")
             print("| --- | ---: | ---: | ---: | ---: | ---: |")
-            for share in (0.5, 0.9):
+            for share in () if args.quick else (0.5, 0.9):
                 rate = best * share
                 lat = [
                     asyncio.run(latency(settings, model, tmp, naive, rate, args.seconds, n_items))
@@ -366,12 +447,17 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print(
             f"\n## Faust floor (bare agent, same batches, one send per click): "
-            f"{statistics.median(r for r, _ in floor):,.0f} events/s, "
-            f"{statistics.median(c for _, c in floor):,.0f} events per worker CPU-second"
+            f"{statistics.median(r for r, _, _ in floor):,.0f} events/s, "
+            f"{statistics.median(c for _, c, _ in floor):,.0f} events per worker CPU-second"
         )
-        ratio = results["batched"][0] / results["naive"][0]
-        ratio_cpu = results["batched"][1] / results["naive"][1]
-        print(f"\nbatched / naive: {ratio:.1f}x events/s, {ratio_cpu:.1f}x events per CPU-second")
+        floor_rate = statistics.median(r for r, _, _ in floor)
+        print(
+            f"\nbatched / floor: {results['batched'][0] / floor_rate:.0%} of the floor's events/s"
+        )
+        if "naive" in results:
+            ratio = results["batched"][0] / results["naive"][0]
+            ratio_cpu = results["batched"][1] / results["naive"][1]
+            print(f"batched / naive: {ratio:.1f}x events/s, {ratio_cpu:.1f}x events per CPU-second")
     return 0
 
 

@@ -4,8 +4,8 @@ Everything that scores an artifact goes through `ServingModel`: the worker, the 
 replay, `evaluate --model` and the retrain gate (`batch_training.evaluate.ArtifactScorer`),
 so what is measured offline is what is served. The GRU equations are the ones fixed in
 `schemas.artifact` (torch GRUCell conventions); `scores` equals the torch model's output for
-the same prefix (tests/test_scoring.py), and `recommend` returns the same top-K from FAISS
-(`scoring.search`).
+the same prefix (tests/test_scoring.py), and `recommend` returns the same top-K, exactly
+(one BLAS product) or from a FAISS HNSW index over large catalogues (`scoring.search`).
 
 State layout: one float32 array (B, n_layers, H_max) per batch; layer l uses the first
 layers[l] columns. A row of zeros is the start of a session. An unknown item (index -1)
@@ -32,7 +32,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 class ServingModel:
-    """One model version ready to serve: GRU weights, item vocabulary and a FAISS index."""
+    """One model version ready to serve: GRU weights, item vocabulary and its search."""
 
     def __init__(self, artifact: Artifact, options: ServingOptions) -> None:
         manifest = artifact.manifest
@@ -89,7 +89,16 @@ class ServingModel:
             self._gate_table = self._input_emb @ self._w_ih_t[0] + self._b_gi[0]
 
         self.exact = self.n_items <= options.exact_max_items
-        self.index = self._build_index()
+        # Exact search by one BLAS product (no index), or by a FAISS index (flat or HNSW).
+        self.dense = self.exact and options.exact_search == "blas"
+        self.index = None if self.dense else self._build_index()
+        # The dense search's operand: items as columns [Wy_i; by_i] (H_last + 1, n), so that
+        # one product with the queries [h, 1] gives the scores, bias included.
+        self._columns = (
+            np.ascontiguousarray(search.item_vectors(self.output_weight, self.output_bias).T)
+            if self.dense
+            else None
+        )
 
     # --- construction -------------------------------------------------------------------
 
@@ -115,6 +124,20 @@ class ServingModel:
         """External item ids -> internal indices (int64), -1 for items the model does not know."""
         get = self._index_of.get
         return np.fromiter((get(i, -1) for i in external_ids), dtype=np.int64)
+
+    def index_rows(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
+        """Lists of external ids -> (len(rows), longest) internal indices, padded with -1.
+
+        One pass over all ids of a batch (the worker's seen items), not one per row.
+        """
+        get = self._index_of.get
+        flat = np.array([get(i, -1) for row in rows for i in row], dtype=np.int64)
+        lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+        out = np.full((len(rows), max(int(lengths.max(initial=0)), 1)), -1, dtype=np.int64)
+        # Row r's ids go to columns 0..len_r-1: column = position - start of its row.
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[np.repeat(np.arange(len(rows)), lengths), np.arange(flat.size) - starts] = flat
+        return out
 
     def item_ids(self, indices: Iterable[int]) -> list[str]:
         items = self.items
@@ -187,6 +210,10 @@ class ServingModel:
         """Exact scores of every item, (B, n_items): h_last @ Wy.T + by (`search.scores`)."""
         return search.scores(self.last_hidden(state), self.output_weight, self.output_bias)
 
+    def _dense_scores(self, state: np.ndarray) -> np.ndarray:
+        """`scores` as one product [h, 1] @ [Wy; by].T (equal up to float rounding)."""
+        return search.queries(self.last_hidden(state)) @ self._columns
+
     @staticmethod
     def empty_rows(state: np.ndarray) -> np.ndarray:
         """Rows that never saw a known item: an all-zero state (B,) bool."""
@@ -211,22 +238,27 @@ class ServingModel:
         """
         batch = state.shape[0]
         excl = pad_ragged(exclude, batch)
+        pop = self.empty_rows(state) if fallback is None else np.asarray(fallback, dtype=bool)
+        if self.index is None and not (self.dense and self.options.search_index):
+            raise RuntimeError(f"model {self.version} was loaded without a search index")
+        model_rows, pop_rows = np.flatnonzero(~pop), np.flatnonzero(pop)
+        if self.dense and not pop_rows.size:  # the usual batch: one product, one partial sort
+            return search.top_k_dense(self._dense_scores(state), k, excl)
+
         width = 0 if excl is None else excl.shape[1]
         fetch = min(self.n_items, k + width)
-        pop = self.empty_rows(state) if fallback is None else np.asarray(fallback, dtype=bool)
-
         labels = np.full((batch, fetch), -1, dtype=np.int64)
         found = np.full((batch, fetch), -np.inf, dtype=np.float32)
-        model_rows = np.flatnonzero(~pop)
         if model_rows.size:
-            if self.index is None:
-                raise RuntimeError(f"model {self.version} was loaded without a search index")
-            d, i = search.search(
-                self.index, self.last_hidden(state[model_rows]), fetch, self.options
-            )
+            hidden = self.last_hidden(state[model_rows])
+            if self.dense:
+                scores = self._dense_scores(state[model_rows])
+                rows_excl = None if excl is None else excl[model_rows]
+                i, d = search.top_k_dense(scores, fetch, rows_excl)
+            else:
+                d, i = search.search(self.index, hidden, fetch, self.options)
             labels[model_rows] = i
             found[model_rows] = d
-        pop_rows = np.flatnonzero(pop)
         if pop_rows.size:
             labels[pop_rows] = self.popular[:fetch]
             found[pop_rows] = self.item_support[self.popular[:fetch]].astype(np.float32)

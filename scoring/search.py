@@ -4,8 +4,10 @@
 `schemas.artifact`); full-ranking evaluation and the exhaustive baseline path call it as it
 is. The FAISS index holds the same numbers: the output bias is folded into the inner product
 by one extra dimension, query [h, 1] . item [Wy_i, by_i] = h . Wy_i + by_i, so the top-K by
-inner product is the top-K by `scores`. Exact search (IndexFlatIP) up to `exact_max_items`
-items, HNSW above. Seen items are left out by over-fetching and filtering.
+inner product is the top-K by `scores`. Up to `exact_max_items` items the search is exact:
+by default one BLAS product for the whole batch and a partial sort (`top_k_dense`), with
+seen items masked out before the sort; `exact_search="faiss"` uses FAISS's IndexFlatIP
+instead. Above, HNSW, where seen items are left out by over-fetching and filtering.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ log = logging.getLogger(__name__)
 class ServingOptions:
     # Exact search is fast enough up to ~100k items at micro-batch sizes; HNSW above.
     exact_max_items: int = 100_000
+    # How: "blas" scores every item with one matrix product and keeps the top k by a partial
+    # sort; "faiss" searches an IndexFlatIP. Same items (ties aside); at micro-batch sizes
+    # FAISS's per-query heaps cost more than the product itself: 70 queries take 1.3 ms
+    # against 3.8 ms over 3,706 items, 14 ms against 24 ms over 43,097 (one thread).
+    exact_search: str = "blas"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 128
@@ -41,6 +48,10 @@ class ServingOptions:
     # False: no FAISS index (offline evaluation needs every score, never a top-K search, and
     # an HNSW build over a large catalogue would cost minutes for nothing).
     search_index: bool = True
+
+    def __post_init__(self) -> None:
+        if self.exact_search not in ("blas", "faiss"):
+            raise ValueError(f"exact_search: {self.exact_search!r} is not 'blas' or 'faiss'")
 
 
 def scores(hidden: np.ndarray, output_weight: np.ndarray, output_bias: np.ndarray) -> np.ndarray:
@@ -115,9 +126,12 @@ def pad_ragged(rows: Sequence[Sequence[int]] | np.ndarray | None, n: int) -> np.
 
 
 def first_valid(
-    labels: np.ndarray, scores: np.ndarray, valid: np.ndarray, k: int
+    labels: np.ndarray, scores: np.ndarray, valid: np.ndarray | None, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the first k entries where `valid` holds, in order; -1 / -inf where short."""
+    """Per row, the first k entries where `valid` holds (default: a finite score), in order;
+    -1 / -inf where short."""
+    if valid is None:
+        valid = np.isfinite(scores)
     # A stable sort of ~valid moves the valid columns to the front without reordering them.
     order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(labels, order, axis=1)
@@ -130,6 +144,32 @@ def first_valid(
         top = np.pad(top, ((0, 0), (0, pad)), constant_values=-1)
         top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
     return top, top_scores
+
+
+def top_k_dense(
+    scores: np.ndarray, k: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's k best columns of a full score matrix (B, n), best first: (indices, scores).
+
+    `exclude` (B, E), padded with -1: columns a row never returns (its seen items); they are
+    set to -inf in `scores` (which is modified). Rows with fewer than k columns left end in
+    -1 / -inf. Ties go to the lower index, as a stable sort would.
+    """
+    batch, n = scores.shape
+    if exclude is not None:
+        rows, cols = np.nonzero(exclude >= 0)
+        scores[rows, exclude[rows, cols]] = -np.inf
+    keep = min(k, n)
+    if keep < n:
+        # The k largest, unordered: argpartition puts them in the last k columns.
+        part = np.argpartition(scores, n - keep, axis=1)[:, n - keep :]
+    else:
+        part = np.broadcast_to(np.arange(n), (batch, n))
+    found = np.take_along_axis(scores, part, axis=1)
+    # Best first; equal scores by ascending item index.
+    order = np.lexsort((part, -found), axis=1)
+    top = np.take_along_axis(part, order, axis=1)
+    return first_valid(top, np.take_along_axis(found, order, axis=1), None, k)
 
 
 def top_k_excluding(

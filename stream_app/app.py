@@ -8,16 +8,17 @@ after Kafka has acknowledged every answer, dead letter and session write the bat
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import faust
 
 from kafka_io.clients import faust_options
 from stream_app.config import WorkerConfig
-from stream_app.delivery import DeliveryTrackingTable
+from stream_app.metrics import StageClock
 from stream_app.recovery import SafeTableManager
 from stream_app.runtime import WorkerRuntime
+from stream_app.session_store import SessionStore
 from stream_app.views import register_views
 
 
@@ -44,7 +45,6 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
         web_host=config.web_host,
         autodiscover=False,
         TableManager=SafeTableManager,  # see stream_app/recovery.py
-        Table=DeliveryTrackingTable,  # changelog deliveries are awaited before an ack
         producer_max_request_size=config.producer_max_request_size,
     )
     runtime = WorkerRuntime(config, app)
@@ -61,21 +61,34 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
         value_type=bytes,
         options=config.rocksdb_options(),  # bytes key/value types make Faust use "raw"
     )
+    runtime.store = SessionStore(runtime.sessions)  # batch reads and writes beside the API
     batch_max = 1 if config.naive else config.batch_max
 
-    async def answer_events(events: Sequence[faust.EventT]) -> list[asyncio.Future]:
+    clock = StageClock(runtime.metrics.stage_seconds, runtime.metrics.stage_cpu_seconds)
+
+    async def answer_events(events: Sequence[faust.EventT]) -> list[Awaitable[Any]]:
         """One micro-batch -> the delivery futures of everything it sent.
 
         A fault of one click (bytes, fields, order, an answer or session too large) makes a
         dead letter in these steps; anything raised out of here is not one click's fault.
         """
         clicks_, dead = runtime.decode(events)
+        clock.lap("decode")
         sent = await runtime.send_dead_letters(dead)
+        clock.lap("publish")
         if clicks_:
             model = await runtime.model_for_batch()  # read once: swaps fall between batches
-            result = await runtime.answer(model, clicks_, runtime.read_sessions(clicks_))
-            sent += runtime.write_sessions(result)
-            sent += await runtime.publish(result)
+            clock.lap("waiting")
+            stored = runtime.read_sessions(clicks_)
+            clock.lap("state_read")
+            result = await runtime.answer(model, clicks_, stored)
+            clock.lap("core")
+            outbox = runtime.batches.outbox()
+            runtime.write_sessions(result, outbox)
+            clock.lap("state_write")
+            sent += await runtime.publish(result, outbox)
+            sent.append(outbox.submit())
+            clock.lap("publish")
         return sent
 
     @app.agent(clicks, name="answer-clicks")
@@ -83,6 +96,7 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
         async for events in stream.take_events(batch_max, within=config.batch_within_s):
             # take_events acks a batch even when this body raises (its `finally` runs when
             # the generator is closed), so the batch is held until its records are delivered.
+            clock.lap("waiting")  # since the last batch was done
             runtime.acks.hold(events)
             try:
                 sent = await answer_events(events)
@@ -90,7 +104,9 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
                 # Never re-raised: Faust's supervisor would restart the agent and go on with
                 # later batches. The worker stops; the held batch is read again elsewhere.
                 await runtime.stop_worker(exc)
-            if not await runtime.acks.release_after(events, sent):
+            released = await runtime.acks.release_after(events, sent)
+            clock.lap("release")
+            if not released:
                 await runtime.stop_worker(runtime.acks.failed)
 
     app.task(runtime.follow_model_updates)

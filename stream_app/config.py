@@ -25,6 +25,13 @@ class WorkerConfig:
     # Micro-batches: up to batch_max clicks, or whatever arrived within batch_within_s.
     batch_max: int = 256
     batch_within_s: float = 0.01
+    # Batches of up to this many clicks run the core on the event loop's thread (low load:
+    # no hand-off to wait for, so lower latency); larger ones (under load) go to the
+    # inference thread, where the product and the partial sort run without the interpreter
+    # lock while the loop thread reads the next clicks, so the batches grow. Measured with
+    # benchmarks/bench_stream.py: the same sustained rate either way on two cores, but the
+    # loop thread's CPU per click drops by a quarter with the thread under load.
+    inline_core_max: int = 64
     # The naive baseline for benchmarks: one click at a time, full scoring, no executor.
     naive: bool = False
     cleanup_interval_s: float = 60.0  # how often expired sessions are deleted

@@ -189,7 +189,7 @@ def answer_batch(
     rows = accepted + replays
     if rows:
         all_states = states if replay_states is None else np.concatenate([states, replay_states])
-        exclude = [model.index_of(h) for _, h in rows] if config.exclude_seen else None
+        exclude = model.index_rows([h for _, h in rows]) if config.exclude_seen else None
         pick = model.recommend_exhaustive if config.exhaustive else model.recommend
         top, top_scores = pick(all_states, config.k, exclude)
         produced = _now_ms() if now_ms is None else now_ms

@@ -26,10 +26,9 @@ deep, so the next batch is answered while the last one's records are in flight.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
@@ -47,32 +46,6 @@ def record_fits(key: bytes | None, value: bytes | None, max_request_size: int) -
     """Whether the producer (and so a default broker) accepts this record at all."""
     size = len(key or b"") + len(value or b"") + RECORD_OVERHEAD_BYTES
     return size <= max_request_size
-
-
-class DeliveryTrackingTable(faust.Table):
-    """A table whose changelog sends can be collected (`with table.tracking() as sent:`).
-
-    Faust sends every write's changelog record through its producer buffer and only logs a
-    failed delivery; the future it returns is the only way to know the write reached Kafka.
-    """
-
-    _collecting: list[asyncio.Future] | None = None
-
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        fut = super().send_changelog(*args, **kwargs)
-        if self._collecting is not None:
-            self._collecting.append(fut)
-        return fut
-
-    @contextlib.contextmanager
-    def tracking(self) -> Iterator[list[asyncio.Future]]:
-        """Collect the changelog futures of the writes made inside (no await in between)."""
-        sent: list[asyncio.Future] = []
-        self._collecting = sent
-        try:
-            yield sent
-        finally:
-            self._collecting = None
 
 
 class AckGate:

@@ -43,6 +43,7 @@ class WorkerProcess:
     env: dict[str, str] | None = None
     proc: subprocess.Popen | None = None
     module: str = "stream_app"  # `python -m MODULE ARGS` (tests run patched workers too)
+    code_root: Path = ROOT  # the checkout whose packages it runs (benchmarks compare two)
     # In a process group of its own: a Ctrl-C meant for the parent does not reach it, and
     # stop() ends it with its children (replay and the demo, which stop it themselves).
     own_group: bool = False
@@ -50,8 +51,9 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(self.env or {})}
-        # This checkout's packages, whatever the working directory.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        # This checkout's packages (or code_root's), whatever the working directory.
+        paths = (str(self.code_root), env.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args, "--web-port", str(self.web_port)],

@@ -5,6 +5,7 @@ Each worker gets its own registry, so several apps in one process (tests) do not
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -13,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from schemas.artifact import REFUSAL_REASONS
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+STAGES = ("decode", "state_read", "core", "state_write", "publish", "release", "waiting")
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -52,6 +54,25 @@ class WorkerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # Wall time of the agent's loop by step, summed: where a click's time goes
+        # (benchmarks/bench_stream.py prints it per click). "waiting" is the time between
+        # micro-batches: Faust's consumer and stream, and the event loop's other tasks.
+        self.stage_seconds = Counter(
+            "gru4stream_stage_seconds",
+            "Agent wall time by step (decode, state_read, core, state_write, publish, "
+            "release, waiting)",
+            ["stage"],
+            registry=r,
+        )
+        self.stage_cpu_seconds = Counter(
+            "gru4stream_stage_cpu_seconds",
+            "CPU time of the agent's thread by step (as gru4stream_stage_seconds)",
+            ["stage"],
+            registry=r,
+        )
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
+            self.stage_cpu_seconds.labels(stage=stage)
         self.sessions = Gauge(
             "gru4stream_sessions", "Sessions in this worker's table partitions", registry=r
         )
@@ -89,3 +110,23 @@ class WorkerMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class StageClock:
+    """Charges the wall and the loop thread's CPU time between `lap`s to the named step.
+
+    CPU time is the event loop thread's own (not the inference thread's, nor Faust's consumer
+    thread's): on a loaded machine it still says what each step costs.
+    """
+
+    def __init__(self, wall: Counter, cpu: Counter) -> None:
+        self._wall = {stage: wall.labels(stage=stage) for stage in STAGES}
+        self._cpu = {stage: cpu.labels(stage=stage) for stage in STAGES}
+        self._last: tuple[float, float] | None = None
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter(), time.thread_time()
+        if self._last is not None:
+            self._wall[stage].inc(now[0] - self._last[0])
+            self._cpu[stage].inc(now[1] - self._last[1])
+        self._last = now

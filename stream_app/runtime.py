@@ -1,8 +1,9 @@
 """The worker's async shell around the pure core: table access, sends, expiry, model wait.
 
-Faust picks a table key's RocksDB partition and changelog partition from the *current event*.
-A micro-batch from `take_events` spans partitions, so every table read and write here runs
-inside `_in_partition(...)`, which makes the click's own partition the current one.
+A micro-batch's sessions are read and written in one go (stream_app/session_store.py). Where
+the Faust table API is still used (expiry's deletes), Faust picks a key's RocksDB partition
+and changelog partition from the *current event*, so those calls run inside
+`_in_partition(...)`, which makes the session's own partition the current one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from stream_app.delivery import STALLED_AFTER_S, AckGate, record_fits
 from stream_app.expiry import EventClock
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_updates import ModelHolder, ModelUpdateFollower, SwapRecord
+from stream_app.record_batches import BatchSender, Outbox
 from stream_app.sessions import SessionDecodeError, SessionState, peek
 from stream_app.trust import trust_policy
 
@@ -93,6 +95,9 @@ class WorkerRuntime:
         # Which announced models to trust (registry, HMAC key): see stream_app/trust.py.
         self.follower.trust = trust_policy(config.registry, config.model_key_file)
         self.sessions: Any = None  # the faust Table, set by the app factory
+        self.store: Any = None  # its SessionStore (batch reads and writes), set with it
+        # Answers and changelog records go out as one record batch per partition.
+        self.batches = BatchSender(lambda: app.producer._producer)
         self.clock = EventClock()  # per-partition event time, for expiry
         self.started_at = time.time()
         # Why the worker stopped (a fault that is not one click's); /health answers 503.
@@ -166,15 +171,14 @@ class WorkerRuntime:
         return clicks, dead
 
     def read_sessions(self, clicks: Sequence[Click]) -> dict[str, SessionState | None]:
+        """The stored state of each session of the batch (None: new or unreadable)."""
+        wanted = {click.event.session_id: click.partition for click in clicks}
+        raw = self.store.read((p, sid.encode()) for sid, p in wanted.items())
         stored: dict[str, SessionState | None] = {}
-        for click in clicks:
-            sid = click.event.session_id
-            if sid in stored:
-                continue
-            with _in_partition(click.topic, click.partition):
-                raw = self.sessions.get(sid.encode())
+        for sid in wanted:
+            value = raw[sid.encode()]
             try:
-                stored[sid] = None if raw is None else SessionState.decode(raw)
+                stored[sid] = None if value is None else SessionState.decode(value)
             except SessionDecodeError as exc:
                 log.error("session %r: stored value unreadable, starting over: %s", sid, exc)
                 stored[sid] = None
@@ -187,7 +191,7 @@ class WorkerRuntime:
         if self._batches == self._fail_batch:  # the test-only hook (TEST_FAIL_BATCH_ENV)
             raise InjectedFault(f"{TEST_FAIL_BATCH_ENV}={self._fail_batch}: injected fault")
         started = time.perf_counter()
-        if self.config.naive:
+        if self.config.naive or len(clicks) <= self.config.inline_core_max:
             result = answer_batch(model, clicks, stored, self.config.core)
         else:
             loop = asyncio.get_running_loop()
@@ -204,32 +208,30 @@ class WorkerRuntime:
             )
         return result
 
-    def write_sessions(self, result: BatchResult) -> list[asyncio.Future]:
-        """Write the batch's sessions; returns their changelog deliveries (awaited before the ack).
+    def write_sessions(self, result: BatchResult, outbox: Outbox) -> None:
+        """Write the batch's sessions; their changelog records go into `outbox`.
 
         A session whose value cannot fit in a record is not written, and its clicks of this
         batch become dead letters instead of answers (only a huge --k or --history does that).
         """
-        topic = self.config.clicks_topic
         newest: dict[int, int] = {}
         too_big: dict[str, int] = {}
-        with self.sessions.tracking() as sent:
-            for sid, session in result.sessions.items():
-                key, value = sid.encode(), session.encode()
-                if not record_fits(key, value, self.config.producer_max_request_size):
-                    too_big[sid] = len(value)
-                    continue
-                with _in_partition(topic, session.partition):
-                    self.sessions[key] = value
-                if session.last_event_ms > newest.get(session.partition, -1):
-                    newest[session.partition] = session.last_event_ms
+        records: list[tuple[int, bytes, bytes]] = []
+        for sid, session in result.sessions.items():
+            key, value = sid.encode(), session.encode()
+            if not record_fits(key, value, self.config.producer_max_request_size):
+                too_big[sid] = len(value)
+                continue
+            records.append((session.partition, key, value))
+            if session.last_event_ms > newest.get(session.partition, -1):
+                newest[session.partition] = session.last_event_ms
+        self.store.write(records, outbox)
         if too_big:
             self._reject_sessions(result, too_big)
         # Only now, with the batch in the table, may the expiry clock pass its clicks.
         wall_ms = int(time.time() * 1000)
         for partition, event_ms in newest.items():
             self.clock.applied(partition, event_ms, wall_ms)
-        return sent
 
     def _reject_sessions(self, result: BatchResult, too_big: dict[str, int]) -> None:
         limit = self.config.producer_max_request_size
@@ -251,27 +253,28 @@ class WorkerRuntime:
             log.info("dead letter %s@%d: %s", letter.topic, letter.offset, letter.reason)
         return sent
 
-    async def publish(self, result: BatchResult) -> list[asyncio.Future]:
-        """Send the answers and the core's dead letters; returns their deliveries.
+    async def publish(self, result: BatchResult, outbox: Outbox) -> list[asyncio.Future]:
+        """Queue the answers in `outbox`, send the core's dead letters; their deliveries.
 
         An answer too large for a record (a huge --k with long item ids) is a dead letter.
         """
         limit = self.config.producer_max_request_size
-        sent = []
+        topic = self.config.recommendations_topic
         answered = 0
         now = time.time()
         too_big: list[tuple[Click, str]] = []
+        latency = self.metrics.latency_seconds
         for click, rec in result.answers:
             key, value = rec["session_id"].encode(), orjson.dumps(rec)
             if not record_fits(key, value, limit):
                 reason = f"recommendation: {len(value)} bytes do not fit a record ({limit})"
                 too_big.append((click, reason))
                 continue
-            sent.append(await self._send(self.config.recommendations_topic, key, value))
-            self.metrics.latency_seconds.observe(max(now - click.message_ms / 1000, 0.0))
+            await outbox.add_keyed(topic, key, value)
+            latency.observe(max(now - click.message_ms / 1000, 0.0))
             answered += 1
         self.metrics.recommendations.inc(answered)
-        sent += await self.send_dead_letters(
+        return await self.send_dead_letters(
             [
                 self._dead_letter(
                     SimpleNamespace(
@@ -286,7 +289,6 @@ class WorkerRuntime:
                 for c, reason in [*result.rejected, *too_big]
             ]
         )
-        return sent
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
         """Straight to Faust's producer; returns the delivery future (the broker's ack).

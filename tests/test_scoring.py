@@ -172,3 +172,39 @@ def test_a_model_without_search_index_scores_but_does_not_search(tmp_path):
     )
     with pytest.raises(RuntimeError, match="without a search index"):
         scorer.recommend(scorer.run(sessions), 5)
+
+
+@pytest.mark.parametrize("n_items", [30, 500])
+def test_exact_search_by_blas_returns_what_faiss_returns(tmp_path, n_items):
+    """The default exact search (one product, a partial sort) and FAISS's IndexFlatIP agree,
+    with seen items left out and empty sessions answered by popularity."""
+    artifact = read_artifact(write_random_artifact(tmp_path / "m", n_items=n_items, seed=5))
+    blas = ServingModel.from_artifact(artifact)
+    flat = ServingModel.from_artifact(artifact, exact_search="faiss")
+    assert blas.dense and blas.index is None and not flat.dense
+    sessions = _sessions(n_items, 40, 12, seed=3)
+    state = blas.run(sessions)
+    state[:3] = 0  # three sessions with no known item: the popularity fallback
+    seen = [list(s) for s in sessions]
+    for k in (5, 20, n_items + 3):
+        for exclude in (None, seen):
+            got, got_scores = blas.recommend(state, k, exclude)
+            want, want_scores = flat.recommend(state, k, exclude)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
+            if exclude is not None:
+                for row, items in enumerate(exclude):
+                    assert not set(got[row].tolist()) & set(items)
+
+
+def test_unknown_exact_search_is_refused(tmp_path):
+    artifact = read_artifact(write_random_artifact(tmp_path / "m", n_items=10))
+    with pytest.raises(ValueError, match="exact_search"):
+        ServingModel.from_artifact(artifact, exact_search="gpu")
+
+
+def test_index_rows_pads_ragged_lists_of_external_ids(tmp_path):
+    model, _ = _model(tmp_path, n_items=6)
+    rows = [["i2", "nope", "i0"], [], ["i5"]]
+    assert model.index_rows(rows).tolist() == [[2, -1, 0], [-1, -1, -1], [5, -1, -1]]
+    assert model.index_rows([]).shape == (0, 1)
