@@ -10,7 +10,7 @@ a step then costs O(rows touched), not O(n_items).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -44,22 +44,51 @@ class AdagradMomentum(Optimizer):
             lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
             dense = [p for p in group["params"] if p.grad is not None and not p.grad.is_sparse]
             if dense:
-                self._dense_step(dense, [self.state[p] for p in dense], lr, momentum, eps)
+                self._dense_step(dense, lr, momentum, eps)
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
-                    self._sparse_step(p, p.grad, self.state[p], lr, momentum, eps)
+                    # Duplicate row indices must be summed first: the update is not linear in
+                    # g. (Free when the gradient is already coalesced.)
+                    grad = p.grad.coalesce()
+                    self._row_step(p, grad.indices()[0], grad.values(), lr, momentum, eps)
         return loss
 
-    @staticmethod
-    def _dense_step(
-        params: list[Tensor], states: list[dict], lr: float, momentum: float, eps: float
-    ) -> None:
+    @torch.no_grad()
+    def step_rows(self, rows: Tensor, row_grads: Tensor, params: Sequence[Tensor]) -> None:
+        """The sparse update of `step` from plain rows and values, without a sparse tensor
+        (building and checking one costs more than the small models' update itself).
+
+        rows (R,) unique; row_grads (R, W): the rows' gradients of `params` side by side
+        (2-d parameters of the same number of rows whose widths add up to W; training's
+        output weights and biases).
+        """
+        group = self._group_of(params[0])
+        offset = 0
+        for p in params:
+            width = p.shape[1]
+            values = row_grads[:, offset : offset + width]
+            self._row_step(p, rows, values, group["lr"], group["momentum"], group["eps"])
+            offset += width
+
+    def _group_of(self, p: Tensor) -> dict:
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        raise ValueError("parameter not optimised here")
+
+    def _dense_step(self, params: list[Tensor], lr: float, momentum: float, eps: float) -> None:
         # One foreach call per operation for all dense parameters (few dispatches: the small
-        # models are dominated by per-op overhead), and no temporary besides the denominator.
+        # models are dominated by per-op overhead), into a denominator buffer kept per
+        # parameter (no allocation per step).
+        states = [self.state[p] for p in params]
+        for s, p in zip(states, params, strict=True):
+            if "denom" not in s:
+                s["denom"] = torch.empty_like(p)
         grads = [p.grad for p in params]
-        acc = [s["acc"] for s in states]
+        acc, denom = [s["acc"] for s in states], [s["denom"] for s in states]
         torch._foreach_addcmul_(acc, grads, grads)
-        denom = torch._foreach_add(acc, eps)
+        for a, d in zip(acc, denom, strict=True):  # (no foreach op writes into given buffers)
+            torch.add(a, eps, out=d)
         torch._foreach_sqrt_(denom)
         if momentum > 0:
             velocity = [s["velocity"] for s in states]
@@ -69,13 +98,11 @@ class AdagradMomentum(Optimizer):
         else:
             torch._foreach_addcdiv_(params, grads, denom, value=-lr)
 
-    @staticmethod
-    def _sparse_step(p: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float):
-        # Duplicate row indices must be summed first: the update is not linear in g. (Free when
-        # the gradient is already coalesced, as training's gathered rows are.)
-        grad = grad.coalesce()
-        rows = grad.indices()[0]
-        values = grad.values()  # (n_rows, *p.shape[1:])
+    def _row_step(
+        self, p: Tensor, rows: Tensor, values: Tensor, lr: float, momentum: float, eps: float
+    ) -> None:
+        """Update rows (R,) (unique) of p with their gradients values (R, *p.shape[1:])."""
+        state = self.state[p]
         acc = state["acc"].index_select(0, rows).addcmul_(values, values)
         state["acc"].index_copy_(0, rows, acc)
         denom = acc.add_(eps).sqrt_()  # acc's rows are stored: reuse the buffer

@@ -59,9 +59,16 @@ class NegativeSampler:
         self._cache: Tensor | None = None
         self._next = 0
 
+    # On the CPU the cache is drawn in slices of this many rows as the steps reach them: the
+    # generator yields the same numbers in slices as in one call, so these are the ids of one
+    # bulk refill, but a short run no longer converts ids it never uses (10M ids take ~1 s on
+    # one core). CUDA draws the whole cache at once (its generator counts per call).
+    _SLICE_ROWS = 256
+
     def _refill(self) -> None:
+        n_rows = min(self._SLICE_ROWS, self._rows) if self.device.type == "cpu" else self._rows
         u = torch.rand(
-            self._rows * self.n_sample,
+            n_rows * self.n_sample,
             generator=self._generator,
             device=self.device,
             dtype=torch.float64,
@@ -74,7 +81,7 @@ class NegativeSampler:
             )
         else:
             ids = torch.searchsorted(self._cdf, u, right=True)
-        self._cache = ids.clamp_(max=len(self._cdf) - 1).view(self._rows, self.n_sample)
+        self._cache = ids.clamp_(max=len(self._cdf) - 1).view(n_rows, self.n_sample)
         self._next = 0
 
     def _guided_search(self, u: np.ndarray) -> np.ndarray:
@@ -97,7 +104,7 @@ class NegativeSampler:
 
     def sample(self) -> Tensor:
         """(n_sample,) int64 item ids on the sampler's device."""
-        if self._cache is None or self._next >= self._rows:
+        if self._cache is None or self._next >= len(self._cache):
             self._refill()
         assert self._cache is not None
         ids = self._cache[self._next]

@@ -15,6 +15,11 @@ divided by the configured batch size; Adagrad with momentum updates only the ite
 step touches; dropout is inverted, and a layer's dropped-out output is also its carried
 state. Additions of this project: `in_batch_negatives=False`, `max_history`, Adam, and
 bfloat16 autocast on CUDA (opt-in).
+
+A step is forward, loss, backward, update. For the papers' setups (one GRU layer, the
+shared embedding, sparse Adagrad, cross-entropy or BPR-max) forward and backward are
+written out by hand (batch_training.fast_step, chosen automatically); every other
+configuration goes through autograd (`_autograd_step`), and the two are tested equal.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from tqdm import tqdm
 
 from batch_training import distributed
 from batch_training.config import TrainConfig
+from batch_training.fast_step import FastStep
 from batch_training.lanes import (  # re-exported: the iterator's old home
     SessionStep,
     advance_lanes,
@@ -122,6 +128,7 @@ class _EpochContext:
     use_amp: bool
     profile: StageTimer | None = None
     sync: distributed.GradSync | None = None  # data-parallel: sums gradients over the ranks
+    fast: FastStep | None = None  # the hand-written step, where it covers the configuration
 
 
 def _gathers_rows(model: GRU4Rec) -> bool:
@@ -158,17 +165,6 @@ class _RowBatch:
         assert self.weight.grad is not None and self.bias.grad is not None
         return torch.cat([self.weight.grad, self.bias.grad], dim=1)
 
-    def put_grads(self) -> None:
-        """Hand the rows' gradients to the parameters, as the sparse lookups would have."""
-        index = self.rows[None]
-        for param, leaf in (
-            (self.model.output_weight, self.weight),
-            (self.model.output_bias, self.bias),
-        ):
-            param.grad = torch.sparse_coo_tensor(
-                index, leaf.grad, param.shape, is_coalesced=True, check_invariants=False
-            )
-
 
 def _train_step(
     model: GRU4Rec,
@@ -192,6 +188,39 @@ def _train_step(
         log_q[len(targets) :] *= ctx.config.sample_alpha
     if timer:
         timer.tick("sampling")
+    if ctx.fast is not None:
+        fast = ctx.fast(inputs, columns, log_q, hidden, timer)
+        per_lane, hidden, rows, row_grads = fast.per_lane, fast.hidden, fast.rows, fast.row_grads
+    else:
+        per_lane, hidden, rows, row_grads = _autograd_step(
+            model, optimizer, ctx, inputs, columns, log_q, hidden
+        )
+    if ctx.sync is not None:  # sums the ranks' gradients into the parameters' .grad
+        ctx.sync.reduce(rows, row_grads, active=True)
+    if timer:
+        timer.tick("backward")
+    if ctx.sync is None and rows is not None and row_grads is not None:
+        assert isinstance(optimizer, AdagradMomentum)  # sparse updates: only Adagrad
+        optimizer.step_rows(rows, row_grads, [model.output_weight, model.output_bias])
+    optimizer.step()
+    if timer:
+        timer.tick("optimiser")
+        timer.steps += 1
+    return per_lane.detach(), hidden
+
+
+def _autograd_step(
+    model: GRU4Rec,
+    optimizer: torch.optim.Optimizer,
+    ctx: _EpochContext,
+    inputs: Tensor,
+    columns: Tensor,
+    log_q: Tensor | None,
+    hidden: list[Tensor],
+) -> tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]:
+    """Forward, loss and backward through autograd: every configuration. Returns the lane
+    losses, the new state and, with gathered rows, the rows and their gradients."""
+    dev, timer = ctx.device, ctx.profile
     rows = _RowBatch(model, inputs, columns) if _gathers_rows(model) else None
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=ctx.use_amp):
         if rows is not None:
@@ -208,19 +237,9 @@ def _train_step(
         timer.tick("loss")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if ctx.sync is not None:
-        ctx.sync.reduce(
-            rows.rows if rows else None, rows.row_grads() if rows else None, active=True
-        )
-    elif rows is not None:
-        rows.put_grads()
-    if timer:
-        timer.tick("backward")
-    optimizer.step()
-    if timer:
-        timer.tick("optimiser")
-        timer.steps += 1
-    return per_lane.detach(), hidden
+    if rows is None:
+        return per_lane, hidden, None, None
+    return per_lane, hidden, rows.rows, rows.row_grads()
 
 
 def _train_epoch(
@@ -340,6 +359,8 @@ def train(
             use_amp=use_amp,
             profile=profile,
         )
+        if FastStep.supports(model, config, use_amp):
+            ctx.fast = FastStep(model, config)
         if world_size > 1:
             gathered = _gathers_rows(model)
             if model.sparse_grad and not gathered:

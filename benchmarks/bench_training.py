@@ -19,6 +19,7 @@ A dataset may carry its own slice size as NAME:MAX_SESSIONS (else --max-sessions
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -44,15 +45,25 @@ def run_once(args: argparse.Namespace) -> dict:
         sys.path.insert(0, str(Path(args.code_root).resolve()))
     import torch
 
+    import batch_training
     from batch_training.config import apply_overrides, load_preset
     from batch_training.splits import load_split
     from batch_training.train import resolve_device, train
 
-    timer = None
-    if args.profile:
-        from batch_training.stage_timer import StageTimer
+    if args.code_root and not Path(batch_training.__file__).resolve().is_relative_to(
+        Path(args.code_root).resolve()
+    ):  # else the "before" rows would silently time the current code
+        raise SystemExit(f"--compare {args.code_root}: no batch_training/ package in it")
 
-        timer = StageTimer(resolve_device(args.device))
+    timer = None
+    if args.profile:  # this checkout's timer, also for an older copy of the code
+        spec = importlib.util.spec_from_file_location(
+            "_bench_stage_timer", ROOT / "batch_training" / "stage_timer.py"
+        )
+        assert spec is not None and spec.loader is not None
+        stage_timer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(stage_timer)
+        timer = stage_timer.StageTimer(resolve_device(args.device))
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,6 +93,7 @@ def run_once(args: argparse.Namespace) -> dict:
     return {
         "code": args.code_root or "current",
         "stage_ms": timer.per_step_ms() if timer else None,
+        "stage_cpu_ms": timer.cpu_per_step_ms() if timer else None,
         "steps": timer.steps if timer else None,
         "dataset": args.dataset,
         "variant": args.variant,
@@ -144,7 +156,7 @@ def run_child(
         cmd += ["--max-sessions", str(max_sessions)]
     if code_root:
         cmd += ["--code-root", code_root]
-    elif args.profile:
+    if args.profile:
         cmd += ["--profile"]
     for pair in args.set:
         cmd += ["--set", pair]
@@ -181,19 +193,26 @@ def plot_scaling(runs: list[dict], path: Path) -> None:
 
 
 def print_profile(runs: list[dict]) -> None:
-    """Median ms per step of each stage, per dataset and variant (current code only)."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """Median ms per step of each stage, wall and CPU time, per dataset, variant and code."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in runs:
         if r.get("stage_ms") and r.get("nproc", 1) == 1:
-            groups.setdefault((r["dataset"], r["variant"]), []).append(r)
-    for (dataset, variant), rs in groups.items():
+            code = "current" if r["code"] == "current" else "before"
+            groups.setdefault((r["dataset"], r["variant"], code), []).append(r)
+    for (dataset, variant, code), rs in groups.items():
         stages = list(rs[0]["stage_ms"])
-        ms = {k: statistics.median(r["stage_ms"][k] for r in rs) for k in stages}
-        total = sum(ms.values())
-        print(f"per step, {dataset} {variant} ({rs[0]['steps']:,} steps, median of {len(rs)}):")
+        wall = {k: statistics.median(r["stage_ms"][k] for r in rs) for k in stages}
+        cpu = {k: statistics.median(r["stage_cpu_ms"][k] for r in rs) for k in stages}
+        print(
+            f"per step, {dataset} {variant}, {code} code "
+            f"({rs[0]['steps']:,} steps, median of {len(rs)}):       wall      CPU"
+        )
         for k in stages:
-            print(f"  {k:<12}{ms[k]:8.3f} ms  {100 * ms[k] / total:5.1f}%")
-        print(f"  {'total':<12}{total:8.3f} ms")
+            print(f"  {k:<12}{wall[k]:8.3f} ms {cpu[k]:8.3f} ms")
+        total_wall, total_cpu = sum(wall.values()), sum(cpu.values())
+        print(f"  {'total':<12}{total_wall:8.3f} ms {total_cpu:8.3f} ms")
+        events = statistics.median(r["events"] / r["steps"] for r in rs)
+        print(f"  events per CPU second of the steps: {1e3 * events / total_cpu:,.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,13 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument(
-        "--profile", action="store_true", help="also time each stage of the step (ms/step)"
+        "--profile",
+        action="store_true",
+        help="also time each stage of the step (ms/step, wall and CPU time)",
     )
     parser.add_argument(
         "--compare",
         metavar="DIR",
-        help="also run each variant with the batch_training found in DIR (e.g. a copy of the "
-        "code before a change), interleaved with the current code's runs; row 'before'",
+        help="also run each variant with the batch_training/ package inside DIR (e.g. DIR/"
+        "batch_training a copy of the code before a change), interleaved with the current "
+        "code's runs; row 'before'",
     )
     parser.add_argument("--code-root", help=argparse.SUPPRESS)
     parser.add_argument(

@@ -60,3 +60,17 @@ def test_same_seed_same_samples_other_seed_other_samples():
     c = draw(NegativeSampler(SUPPORT, 0.5, 64, 256, seed=8), 10)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_sliced_cache_hands_out_the_ids_of_one_bulk_draw():
+    # The CPU cache is drawn a slice of rows at a time; the ids are those of one draw of
+    # rows * n_sample numbers searched in the cdf, whatever the slice size.
+    n_sample, rows = 7, 37
+    sampler = NegativeSampler(SUPPORT, 0.3, n_sample, cache_size=n_sample * rows, seed=4)
+    sampler._SLICE_ROWS = 5  # slices that do not divide the 37 rows of the cache
+    got = torch.stack([sampler.sample() for _ in range(2 * rows)])
+    gen = torch.Generator().manual_seed(4)
+    u = torch.rand(2 * rows * n_sample, generator=gen, dtype=torch.float64)
+    cdf = torch.as_tensor(sampler._cdf_np)
+    want = torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1)
+    assert torch.equal(got.flatten(), want)

@@ -181,6 +181,27 @@ def test_adagrad_sparse_step_updates_only_the_touched_rows():
     assert torch.count_nonzero(opt.state[param]["velocity"][untouched]) == 0
 
 
+def test_adagrad_step_rows_equals_the_sparse_step():
+    """Training's gathered rows (plain rows and values) update as a sparse gradient would."""
+    torch.manual_seed(1)
+    weight, bias = torch.randn(7, 4), torch.randn(7, 1)
+    sparse = [torch.nn.Parameter(weight.clone()), torch.nn.Parameter(bias.clone())]
+    plain = [torch.nn.Parameter(weight.clone()), torch.nn.Parameter(bias.clone())]
+    opt_sparse = AdagradMomentum(sparse, lr=0.05, momentum=0.3)
+    opt_plain = AdagradMomentum(plain, lr=0.05, momentum=0.3)
+    for rows in ([0, 2, 5], [2, 3], [6]):
+        index = torch.tensor(rows)
+        grads = torch.randn(len(rows), 5)  # weight and bias gradients side by side
+        for p, values in zip(sparse, (grads[:, :4], grads[:, 4:]), strict=True):
+            p.grad = torch.sparse_coo_tensor(index[None], values, p.shape, check_invariants=True)
+        opt_sparse.step()
+        opt_plain.step_rows(index, grads, plain)
+    for a, b in zip(sparse, plain, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert torch.equal(plain[0].detach()[[1, 4]], weight[[1, 4]])  # rows never touched
+    assert not torch.equal(plain[0].detach()[[0, 2]], weight[[0, 2]])
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 
