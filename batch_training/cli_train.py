@@ -97,7 +97,7 @@ def _train(argv: list[str]) -> int:
     from batch_training import distributed
     from batch_training.config import ConfigError, apply_overrides, load_preset
     from batch_training.curves import plot_history
-    from batch_training.pipeline import VALID_METRIC, PipelineOptions, run_pipeline
+    from batch_training.pipeline import PipelineOptions, TrainingPipeline, run_pipeline
 
     args = build_parser().parse_args(argv)
     if args.nproc < 1:
@@ -142,9 +142,9 @@ def _train(argv: list[str]) -> int:
         validate=not args.no_validation,
         eval_batch_size=args.eval_batch_size,
     )
+    # What early stopping maximised: validation recall@20, or NDCG@5 in window mode.
+    valid_metric = TrainingPipeline(split, config, options).valid_metric
     if rank > 0:  # a helper rank trains its share; rank 0 evaluates, exports and writes
-        from batch_training.pipeline import TrainingPipeline
-
         TrainingPipeline(split, config, options).train()
         distributed.shutdown()
         return 0
@@ -159,7 +159,7 @@ def _train(argv: list[str]) -> int:
     def model_metrics(trained: TrainedModel) -> dict[str, Any]:
         metrics: dict[str, Any] = {f"test_{p}": m for p, m in trained.test.timed().items()}
         if trained.best_valid is not None:
-            metrics[f"valid_{VALID_METRIC}"] = trained.best_valid
+            metrics[f"valid_{valid_metric}"] = trained.best_valid
         return metrics
 
     trained, version, artifact_dir = run_pipeline(
@@ -194,7 +194,7 @@ def _train(argv: list[str]) -> int:
     print(
         f"trained {len(result.history)} epochs in {trained.train_seconds:.0f}s on "
         f"{result.device}, best epoch {result.best_epoch}"
-        + (f" (valid {VALID_METRIC} {best_valid:.4f})" if best_valid else "")
+        + (f" (valid {valid_metric} {best_valid:.4f})" if best_valid else "")
     )
     print(format_table({"GRU4Rec": test}))
     distributed.shutdown()

@@ -7,6 +7,7 @@ Karatzoglou 2018), so the published parameter files map onto this one to one.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
 FINAL_ACTIVATIONS = ("elu", "linear")
 OPTIMIZERS = ("adagrad", "adam")
+MODES = ("session", "window")
 
 
 class ConfigError(ValueError):
@@ -72,6 +74,11 @@ class TrainConfig:
     # > 0: sessions are cut into pieces so no target sees more than this many earlier items
     # (the fixed history window of sequence models such as ReChorus); 0 = whole sessions.
     max_history: int = 0
+    # "session": session-parallel lanes (batch_training.train). "window": ReChorus's training
+    # of sequential models (batch_training.window_train): every position is one example, its
+    # last `max_history` items run through the GRU from a zero state (backpropagation through
+    # the window), `n_sample` uniform negatives per example outside the user's items, BPR.
+    mode: str = "session"
     # bfloat16 autocast for the matrix products, on CUDA only (CPU always runs float32). Off by
     # default: GRU4Rec's per-step products are small, so casts can cost more than they save;
     # measure with benchmarks/bench_training.py --variants sparse amp.
@@ -128,6 +135,27 @@ class TrainConfig:
             raise bad("patience", "must be >= 1")
         if self.max_history < 0 or self.max_history == 1:
             raise bad("max_history", "must be 0 (off) or >= 2")
+        if self.mode not in MODES:
+            raise bad("mode", f"must be one of {MODES}")
+        if self.mode == "window":
+            self._validate_window(bad)
+
+    def _validate_window(self, bad: Callable[[str, str], ConfigError]) -> None:
+        """What the history-window mode implements: ReChorus's GRU4Rec, nothing else."""
+        needs = {
+            "max_history": (self.max_history >= 2, "the window: must be >= 2"),
+            "loss": (self.loss == "bpr", "must be 'bpr'"),
+            "optimizer": (self.optimizer == "adam", "must be 'adam'"),
+            "embedding": (self.embedding > 0, "must be > 0 (an item embedding feeds the GRU)"),
+            "constrained_embedding": (not self.constrained_embedding, "must be false"),
+            "layers": (len(self.layers) == 1, "must be one GRU layer"),
+            "dropout_p_embed": (self.dropout_p_embed == 0, "must be 0"),
+            "dropout_p_hidden": (self.dropout_p_hidden == 0, "must be 0"),
+            "n_sample": (self.n_sample >= 1, "negatives per example: must be >= 1"),
+        }
+        for key, (ok, why) in needs.items():
+            if not ok:
+                raise bad(key, f"{why} with mode='window'")
 
     @property
     def input_kind(self) -> str:

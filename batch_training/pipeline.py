@@ -6,6 +6,9 @@ validated, evaluated and exported the same way whichever of them made it. Where 
 comes from, and what happens to the artifact afterwards (a run directory, a registry gate,
 a demo announcement), stays with the caller.
 
+Training is session-parallel (batch_training.train), or history windows as ReChorus trains
+(batch_training.window_train) with `TrainConfig.mode = "window"`; both give a GRU4Rec.
+
 Straight through: `run_pipeline`. Retraining evaluates the served model between evaluating
 the candidate and exporting it, so it calls the steps: `fit()`, its gate, then `export()`.
 """
@@ -21,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from batch_training import distributed
 from batch_training.config import TrainConfig
 from batch_training.evaluate import (
     FULL_KS,
@@ -34,9 +38,13 @@ from batch_training.evaluate import (
 from batch_training.export import export_artifact
 from batch_training.model import GRU4Rec
 from batch_training.train import TrainResult, train
+from batch_training.window_train import train_windows
 from schemas.artifact import read_artifact
 
 VALID_METRIC = "recall@20"  # early stopping, full ranking on the validation set
+# The history-window mode stops as ReChorus does: on NDCG@5 of the validation set's target
+# among its sampled negatives (when the split gives negatives; else VALID_METRIC).
+WINDOW_VALID_METRIC = "ndcg@5"
 
 
 class Split(Protocol):
@@ -137,11 +145,30 @@ class TrainingPipeline:
     def test_data(self) -> Any:
         return limit_history(self.split.test, self.options.history_window)
 
+    @property
+    def valid_metric(self) -> str:
+        """What early stopping maximises, on the validation set."""
+        valid = self.split.valid
+        sampled = valid is not None and valid.negatives is not None
+        return WINDOW_VALID_METRIC if self.config.mode == "window" and sampled else VALID_METRIC
+
     def _validator(self) -> Callable[[GRU4Rec], float] | None:
         opts = self.options
         if not opts.validate or self.split.valid is None:
             return None
         valid_data = limit_history(self.split.valid, opts.history_window)
+        if self.valid_metric == WINDOW_VALID_METRIC:
+
+            def validate_sampled(model: GRU4Rec) -> float:
+                return evaluate_sampled(
+                    GRU4RecScorer(model),
+                    valid_data,
+                    (5,),
+                    batch_size=opts.eval_batch_size,
+                    progress=opts.show_eval_progress,
+                )[WINDOW_VALID_METRIC]
+
+            return validate_sampled
 
         def validate(model: GRU4Rec) -> float:
             return evaluate_full(
@@ -157,6 +184,18 @@ class TrainingPipeline:
     def train(self) -> tuple[TrainResult, float]:
         """The trained model (the best validated epoch's) and the seconds training took."""
         t0 = time.perf_counter()
+        if self.config.mode == "window":
+            if distributed.world()[1] > 1:
+                raise ValueError("the history-window mode trains in one process; drop --nproc")
+            result = train_windows(
+                self.split.train,
+                self.config,
+                n_items=len(self.split.vocab.ids),
+                validate=self._validator(),
+                device=self.options.device,
+                progress=self.options.progress,
+            )
+            return result, time.perf_counter() - t0
         result = train(
             self.split.train,
             self.config,

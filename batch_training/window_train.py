@@ -1,0 +1,218 @@
+"""History-window training of GRU4Rec, as ReChorus trains its sequential models.
+
+Every position of a user's training sequence is one example (batch_training.windows): its
+last `max_history` items run through a GRU that starts at zero, with backpropagation through
+the window; the final hidden state, projected back to the embedding size, scores the target
+and `n_sample` uniform negatives the user never clicked (redrawn every epoch) by dot products
+with the same item embeddings. BPR loss, Adam with L2 on the weights (not the biases), the
+examples shuffled every epoch, early stopping on the validation metric.
+
+ReChorus's GRU4Rec: embedding -> GRU -> Linear(hidden -> embedding) -> dot with the item
+embeddings. The artifact has no projection, so the trained model is folded into
+`batch_training.model.GRU4Rec` (an embedding input, output weights and biases):
+score_i = E_i . (W h + b) = (E W)_i . h + (E b)_i, so output_weight = E W, output_bias = E b.
+The folded model, one GRU step per click from a zero state, scores exactly as the window model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+from tqdm import tqdm
+
+from batch_training.config import TrainConfig
+from batch_training.model import GRU4Rec
+from batch_training.train import Sessions, TrainResult, resolve_device
+from batch_training.windows import NegativeDrawer, Windows, build_windows
+
+log = logging.getLogger(__name__)
+
+
+class WindowGRU4Rec(nn.Module):
+    """ReChorus's GRU4Rec: item embedding -> GRU over the window -> Linear -> dot products."""
+
+    def __init__(self, n_items: int, embedding: int, hidden: int) -> None:
+        super().__init__()
+        self.n_items = int(n_items)
+        self.item_embedding = nn.Embedding(n_items, embedding)
+        self.rnn = nn.GRU(embedding, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, embedding)
+        # ReChorus's init: N(0, 0.01) for embeddings and linear layers, torch's for the GRU.
+        for param in (self.item_embedding.weight, self.out.weight, self.out.bias):
+            nn.init.normal_(param, mean=0.0, std=0.01)
+
+    def encode(self, windows: Tensor, lengths: Tensor) -> Tensor:
+        """windows (B, L) left-aligned, PAD after `lengths` (B,) items -> final state (B, H)."""
+        x = self.item_embedding(windows.clamp(min=0).long())  # (B, L, E); pads never reach the GRU
+        if bool((lengths == x.shape[1]).all()):  # all windows full (most of them): no packing
+            _, h = self.rnn(x)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            _, h = self.rnn(packed)
+        return h[-1]  # no initial state means zeros; h (1, B, H) at each row's last item
+
+    def forward(self, windows: Tensor, lengths: Tensor, items: Tensor) -> Tensor:
+        """Scores (B, C) of items (B, C) after each window."""
+        query = self.out(self.encode(windows, lengths))  # (B, E)
+        return (query[:, None, :] * self.item_embedding(items)).sum(-1)
+
+    @torch.no_grad()
+    def to_gru4rec(self) -> GRU4Rec:
+        """The same scorer as a `GRU4Rec` (embedding input, one layer), in eval mode."""
+        emb = self.item_embedding.weight.detach().cpu().float()  # (n_items, E)
+        model = GRU4Rec(
+            self.n_items,
+            (self.rnn.hidden_size,),
+            embedding=self.item_embedding.embedding_dim,
+            constrained_embedding=False,
+        )
+        rnn = {k: v.detach().cpu().float().numpy() for k, v in self.rnn.named_parameters()}
+        model.load_weights(
+            {
+                "gru.0.weight_ih": rnn["weight_ih_l0"],
+                "gru.0.weight_hh": rnn["weight_hh_l0"],
+                "gru.0.bias_ih": rnn["bias_ih_l0"],
+                "gru.0.bias_hh": rnn["bias_hh_l0"],
+                "item_embedding": emb.numpy(),
+                # float64 products: the fold adds no rounding beyond float32's own
+                "output_weight": (emb.double() @ self.out.weight.cpu().double()).float().numpy(),
+                "output_bias": (emb.double() @ self.out.bias.cpu().double()).float().numpy(),
+            }
+        )
+        return model.eval()
+
+
+def bpr_loss(scores: Tensor) -> Tensor:
+    """Per-example BPR, scores (B, 1 + n_neg) with the target first: mean over negatives of
+    -log sigmoid(target - negative) (with one negative, ReChorus's loss exactly)."""
+    return -F.logsigmoid(scores[:, :1] - scores[:, 1:]).mean(dim=1)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, L2 on the weights only: ReChorus exempts every parameter named "bias"."""
+    named = list(model.named_parameters())
+    weights = [p for n, p in named if "bias" not in n]
+    biases = [p for n, p in named if "bias" in n]
+    groups = [{"params": weights}, {"params": biases, "weight_decay": 0.0}]
+    return torch.optim.Adam(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def _epoch(
+    model: WindowGRU4Rec,
+    optimizer: torch.optim.Optimizer,
+    windows: Windows,
+    negatives: np.ndarray,
+    order: np.ndarray,
+    config: TrainConfig,
+    dev: torch.device,
+    bar: tqdm,
+) -> float:
+    """One pass over the examples in `order`; returns the mean loss per example."""
+    items = torch.from_numpy(windows.items)
+    lengths = torch.from_numpy(windows.lengths)
+    columns = torch.from_numpy(np.concatenate([windows.targets[:, None], negatives], axis=1))
+    loss_sum, t0 = 0.0, time.perf_counter()
+    for i, at in enumerate(range(0, len(order), config.batch_size)):
+        rows = torch.from_numpy(order[at : at + config.batch_size])
+        # Windows of a batch are cut to its longest one: packing ignores the padding anyway.
+        n = lengths[rows]
+        longest = int(n.max())
+        scores = model(items[rows, :longest].to(dev), n, columns[rows].to(dev))  # (B, 1 + n_sample)
+        loss = bpr_loss(scores).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(rows)
+        bar.update(len(rows))
+        if i % 50 == 0:
+            done = at + len(rows)
+            mean = loss_sum / done
+            if not math.isfinite(mean):
+                raise FloatingPointError(f"loss is {mean}; try a lower learning_rate")
+            speed = done / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{mean:.4f}", ex_s=f"{speed:,.0f}")
+    return loss_sum / max(len(order), 1)
+
+
+def train_windows(
+    train_data: Sessions,
+    config: TrainConfig,
+    *,
+    n_items: int,
+    validate: Callable[[GRU4Rec], float] | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> TrainResult:
+    """Train in the history-window mode; `validate(model)` (higher is better) is called on the
+    folded GRU4Rec after every epoch and drives early stopping. Returns the best validated
+    epoch's model (the last epoch's without `validate`), folded, in eval mode."""
+    if config.mode != "window":
+        raise ValueError(f"train_windows needs mode='window', got {config.mode!r}")
+    dev = resolve_device(device)
+    windows = build_windows(train_data.items, train_data.offsets, config.max_history)
+    if len(windows) == 0:
+        raise ValueError("training data: no sequence has two items, nothing to learn from")
+    drawer = NegativeDrawer(train_data.items, train_data.offsets, n_items)
+    rng = np.random.default_rng(config.seed)
+    rng_devices = [torch.cuda.current_device()] if dev.type == "cuda" else []
+    history: list[dict[str, Any]] = []
+    best_metric, best_epoch, best_state = -math.inf, 0, None
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(config.seed)
+        model = WindowGRU4Rec(n_items, config.embedding, config.layers[0]).to(dev)
+        optimizer = _optimizer(model, config)
+        for epoch in range(1, config.n_epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            negatives = drawer.draw(windows.users, config.n_sample, rng)  # (n_examples, n_sample)
+            order = rng.permutation(len(windows))
+            desc = f"epoch {epoch}/{config.n_epochs}"
+            with tqdm(
+                total=len(windows), desc=desc, unit="ex", unit_scale=True, disable=not progress
+            ) as bar:
+                mean_loss = _epoch(model, optimizer, windows, negatives, order, config, dev, bar)
+            seconds = time.perf_counter() - t0
+            entry: dict[str, Any] = {
+                "epoch": epoch,
+                "loss": mean_loss,
+                "events": len(windows),
+                "seconds": seconds,
+                "events_per_s": len(windows) / seconds,
+                "valid": None,
+            }
+            if validate is None:
+                best_epoch = epoch
+            else:
+                model.eval()
+                t_valid = time.perf_counter()
+                with torch.no_grad():
+                    metric = float(validate(model.to_gru4rec().to(dev)))
+                entry["valid"] = metric
+                entry["valid_seconds"] = time.perf_counter() - t_valid
+                if metric > best_metric:
+                    best_metric, best_epoch = metric, epoch
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            history.append(entry)
+            log.info(
+                "epoch %d: loss %.5f, %.0f examples/s, %.1fs, valid %s",
+                epoch,
+                mean_loss,
+                entry["events_per_s"],
+                seconds,
+                entry["valid"],
+            )
+            if validate is not None and epoch - best_epoch >= config.patience:
+                log.info("no better validation for %d epochs, stopping", config.patience)
+                break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+    return TrainResult(model.to_gru4rec().to(dev), history, best_epoch, config, str(dev))
