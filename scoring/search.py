@@ -5,9 +5,9 @@
 is. The FAISS index holds the same numbers: the output bias is folded into the inner product
 by one extra dimension, query [h, 1] . item [Wy_i, by_i] = h . Wy_i + by_i, so the top-K by
 inner product is the top-K by `scores`. Up to `exact_max_items` items the search is exact:
-by default one BLAS product for the whole batch and a partial sort (`top_k_dense`), with
-seen items masked out before the sort; `exact_search="faiss"` uses FAISS's IndexFlatIP
-instead. Above, HNSW, where seen items are left out by over-fetching and filtering.
+FAISS's IndexFlatIP, or with `exact_search="blas"` one BLAS product for the whole batch and
+a partial sort (`top_k_dense`), seen items masked out before the sort. Above, HNSW. FAISS
+leaves seen items out by over-fetching and filtering.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 class ServingOptions:
     # Exact search is fast enough up to ~100k items at micro-batch sizes; HNSW above.
     exact_max_items: int = 100_000
-    # How: "blas" scores every item with one matrix product and keeps the top k by a partial
-    # sort; "faiss" searches an IndexFlatIP. Same items (ties aside); at micro-batch sizes
-    # FAISS's per-query heaps cost more than the product itself: 70 queries take 1.3 ms
-    # against 3.8 ms over 3,706 items, 14 ms against 24 ms over 43,097 (one thread).
-    exact_search: str = "blas"
+    # How: "faiss" searches an IndexFlatIP; "blas" scores every item with one matrix product
+    # and keeps the top k by a partial sort. Same items (ties aside). At micro-batch sizes
+    # FAISS's per-query heaps cost more than the product itself (70 queries: 3.8 against
+    # 1.3 ms over 3,706 items, 24 against 14 ms over 43,097; one thread), but FAISS leaves
+    # the interpreter lock free throughout, and numpy's partial sort does not: in a worker,
+    # whose event loop runs beside the search, "blas" made it fall behind at half load.
+    exact_search: str = "faiss"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 128

@@ -83,11 +83,9 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
             clock.lap("state_read")
             result = await runtime.answer(model, clicks_, stored)
             clock.lap("core")
-            outbox = runtime.batches.outbox()
-            runtime.write_sessions(result, outbox)
+            sent += await runtime.write_sessions(result)
             clock.lap("state_write")
-            sent += await runtime.publish(result, outbox)
-            sent.append(outbox.submit())
+            sent += await runtime.publish(result)
             clock.lap("publish")
         return sent
 

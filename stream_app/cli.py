@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--exact-max-items", type=int, default=100_000, help="HNSW above this")
     p.add_argument(
+        "--exact-search",
+        choices=("blas", "faiss"),
+        default="faiss",
+        help="exact top-K by FAISS IndexFlatIP, or by one BLAS product and a partial sort "
+        "(less CPU, but it holds the interpreter lock; see scoring/search.py)",
+    )
+    p.add_argument(
         "--naive", action="store_true", help="baseline mode: per click, full scoring (benchmarks)"
     )
     p.add_argument("--loglevel", default="info")
@@ -175,6 +182,7 @@ def config_from_args(args: argparse.Namespace):  # -> WorkerConfig (imported lat
         producer_max_request_size=args.max_request_size,
         dlq_prefix_bytes=args.dlq_prefix_bytes,
         exact_max_items=args.exact_max_items,
+        exact_search=args.exact_search,
         loglevel=args.loglevel,
     )
 

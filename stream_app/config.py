@@ -25,13 +25,6 @@ class WorkerConfig:
     # Micro-batches: up to batch_max clicks, or whatever arrived within batch_within_s.
     batch_max: int = 256
     batch_within_s: float = 0.01
-    # Batches of up to this many clicks run the core on the event loop's thread (low load:
-    # no hand-off to wait for, so lower latency); larger ones (under load) go to the
-    # inference thread, where the product and the partial sort run without the interpreter
-    # lock while the loop thread reads the next clicks, so the batches grow. Measured with
-    # benchmarks/bench_stream.py: the same sustained rate either way on two cores, but the
-    # loop thread's CPU per click drops by a quarter with the thread under load.
-    inline_core_max: int = 64
     # The naive baseline for benchmarks: one click at a time, full scoring, no executor.
     naive: bool = False
     cleanup_interval_s: float = 60.0  # how often expired sessions are deleted
@@ -67,12 +60,19 @@ class WorkerConfig:
     rocksdb_block_cache_mb: int = 16
     rocksdb_write_buffer_mb: int = 4
     rocksdb_max_write_buffers: int = 2
-    exact_max_items: int = 100_000  # FAISS exact search up to this many items, HNSW above
+    exact_max_items: int = 100_000  # exact search up to this many items, FAISS HNSW above
+    # How: FAISS's IndexFlatIP, or "blas" (see scoring.search.ServingOptions: a third of
+    # the CPU, but the worker fell 1.5 s behind at half load).
+    exact_search: str = "faiss"
     hnsw_ef_search: int = 128
     loglevel: str = "info"
 
     def serving_options(self) -> dict[str, object]:
-        return {"exact_max_items": self.exact_max_items, "hnsw_ef_search": self.hnsw_ef_search}
+        return {
+            "exact_max_items": self.exact_max_items,
+            "exact_search": self.exact_search,
+            "hnsw_ef_search": self.hnsw_ef_search,
+        }
 
     def rocksdb_options(self) -> dict[str, int]:
         mib = 1024 * 1024

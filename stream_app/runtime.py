@@ -34,7 +34,6 @@ from stream_app.delivery import STALLED_AFTER_S, AckGate, record_fits
 from stream_app.expiry import EventClock
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_updates import ModelHolder, ModelUpdateFollower, SwapRecord
-from stream_app.record_batches import BatchSender, Outbox
 from stream_app.sessions import SessionDecodeError, SessionState, peek
 from stream_app.trust import trust_policy
 
@@ -96,8 +95,6 @@ class WorkerRuntime:
         self.follower.trust = trust_policy(config.registry, config.model_key_file)
         self.sessions: Any = None  # the faust Table, set by the app factory
         self.store: Any = None  # its SessionStore (batch reads and writes), set with it
-        # Answers and changelog records go out as one record batch per partition.
-        self.batches = BatchSender(lambda: app.producer._producer)
         self.clock = EventClock()  # per-partition event time, for expiry
         self.started_at = time.time()
         # Why the worker stopped (a fault that is not one click's); /health answers 503.
@@ -191,7 +188,10 @@ class WorkerRuntime:
         if self._batches == self._fail_batch:  # the test-only hook (TEST_FAIL_BATCH_ENV)
             raise InjectedFault(f"{TEST_FAIL_BATCH_ENV}={self._fail_batch}: injected fault")
         started = time.perf_counter()
-        if self.config.naive or len(clicks) <= self.config.inline_core_max:
+        # In the inference thread, so the loop goes on reading clicks and sending meanwhile
+        # (the product and the partial sort run without the interpreter lock). On the loop
+        # thread instead, small batches cost the same CPU but waited 1.5 s at half load.
+        if self.config.naive:
             result = answer_batch(model, clicks, stored, self.config.core)
         else:
             loop = asyncio.get_running_loop()
@@ -208,8 +208,8 @@ class WorkerRuntime:
             )
         return result
 
-    def write_sessions(self, result: BatchResult, outbox: Outbox) -> None:
-        """Write the batch's sessions; their changelog records go into `outbox`.
+    async def write_sessions(self, result: BatchResult) -> list[asyncio.Future]:
+        """Write the batch's sessions; returns their changelog deliveries (awaited before the ack).
 
         A session whose value cannot fit in a record is not written, and its clicks of this
         batch become dead letters instead of answers (only a huge --k or --history does that).
@@ -225,13 +225,14 @@ class WorkerRuntime:
             records.append((session.partition, key, value))
             if session.last_event_ms > newest.get(session.partition, -1):
                 newest[session.partition] = session.last_event_ms
-        self.store.write(records, outbox)
+        sent = await self.store.write(records, self._send_to)
         if too_big:
             self._reject_sessions(result, too_big)
         # Only now, with the batch in the table, may the expiry clock pass its clicks.
         wall_ms = int(time.time() * 1000)
         for partition, event_ms in newest.items():
             self.clock.applied(partition, event_ms, wall_ms)
+        return sent
 
     def _reject_sessions(self, result: BatchResult, too_big: dict[str, int]) -> None:
         limit = self.config.producer_max_request_size
@@ -253,13 +254,14 @@ class WorkerRuntime:
             log.info("dead letter %s@%d: %s", letter.topic, letter.offset, letter.reason)
         return sent
 
-    async def publish(self, result: BatchResult, outbox: Outbox) -> list[asyncio.Future]:
-        """Queue the answers in `outbox`, send the core's dead letters; their deliveries.
+    async def publish(self, result: BatchResult) -> list[asyncio.Future]:
+        """Send the answers and the core's dead letters; returns their deliveries.
 
         An answer too large for a record (a huge --k with long item ids) is a dead letter.
         """
         limit = self.config.producer_max_request_size
         topic = self.config.recommendations_topic
+        sent = []
         answered = 0
         now = time.time()
         too_big: list[tuple[Click, str]] = []
@@ -270,11 +272,11 @@ class WorkerRuntime:
                 reason = f"recommendation: {len(value)} bytes do not fit a record ({limit})"
                 too_big.append((click, reason))
                 continue
-            await outbox.add_keyed(topic, key, value)
+            sent.append(await self._send(topic, key, value))
             latency.observe(max(now - click.message_ms / 1000, 0.0))
             answered += 1
         self.metrics.recommendations.inc(answered)
-        return await self.send_dead_letters(
+        sent += await self.send_dead_letters(
             [
                 self._dead_letter(
                     SimpleNamespace(
@@ -289,6 +291,7 @@ class WorkerRuntime:
                 for c, reason in [*result.rejected, *too_big]
             ]
         )
+        return sent
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
         """Straight to Faust's producer; returns the delivery future (the broker's ack).
@@ -297,6 +300,12 @@ class WorkerRuntime:
         The caller sized the record, so the producer's own size check cannot raise here.
         """
         return await self.app.producer.send(topic, key, value, None, None, None)
+
+    async def _send_to(
+        self, topic: str, key: bytes, value: bytes, partition: int
+    ) -> asyncio.Future:
+        """As `_send`, to a given partition (a session's changelog partition)."""
+        return await self.app.producer.send(topic, key, value, partition, None, None)
 
     def _dead_letter(self, msg: Any, reason: str) -> DeadLetter:
         """The reason starts with the field at fault ("timestamp: ..."), as ValidationError's do."""

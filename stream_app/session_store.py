@@ -6,8 +6,7 @@ and every write queues one changelog message through the producer buffer (`send_
 whose background task publishes it with Faust's per-message bookkeeping. At a few thousand
 clicks/s that was a third of a worker's time. Here a batch's sessions are read with one
 RocksDB multi-get per partition, written with one `WriteBatch` per partition, and their
-changelog records go into the micro-batch's record batches (stream_app/record_batches.py),
-whose delivery the `AckGate` awaits.
+changelog records go straight to the producer, their deliveries awaited by the `AckGate`.
 
 What this relies on in Faust 0.15.3 (tests/test_session_store.py fails if it changes):
 - `table.data` is the RocksDB store, `store._db_for_partition(p)` the rocksdict database of
@@ -17,8 +16,8 @@ What this relies on in Faust 0.15.3 (tests/test_session_store.py fails if it cha
   to the same partition of `table.changelog_topic`, keyed and valued with the raw bytes, so
   Faust's own recovery (and standbys) restore exactly what was written here;
 - `store.set_persisted_offset(tp, offset)` records how far the local database has the
-  changelog, as Faust's `_on_changelog_sent` does per record (here per partition and batch,
-  once delivered): a restarted worker then reads only the changelog written after it.
+  changelog, as Faust's `_on_changelog_sent` does per record (here per partition and
+  micro-batch, once delivered): a restarted worker then reads only what was written after.
 The writes keep Faust's order (changelog record queued, then the value stored); they skip
 Faust's table sensors and its window key bookkeeping, which the sessions table (not windowed)
 does not use.
@@ -26,14 +25,16 @@ does not use.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import faust
 from faust.types import TP
 from rocksdict import WriteBatch
 
-from stream_app.record_batches import Delivered, Outbox
+# Queues one record (topic, key, value, partition) and returns its delivery.
+Send = Callable[[str, bytes, bytes, int], Awaitable[asyncio.Future]]
 
 
 class SessionStore:
@@ -57,12 +58,21 @@ class SessionStore:
             values.update(zip(wanted, db[wanted], strict=True))
         return values
 
-    def write(self, records: Sequence[tuple[int, bytes, bytes]], outbox: Outbox) -> None:
-        """Store (partition, key, value) records and queue their changelog in `outbox`."""
+    async def write(
+        self, records: Sequence[tuple[int, bytes, bytes]], send: Send
+    ) -> list[asyncio.Future]:
+        """Store (partition, key, value) records and send their changelog; the deliveries.
+
+        `send(topic, key, value, partition)` queues one record and returns its delivery.
+        """
         topic = self.changelog_topic
         batches: dict[int, WriteBatch] = {}
+        sent: list[asyncio.Future] = []
+        last: dict[int, asyncio.Future] = {}
         for partition, key, value in records:
-            outbox.add(topic, partition, key, value)
+            fut = await send(topic, key, value, partition)
+            sent.append(fut)
+            last[partition] = fut
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = WriteBatch(raw_mode=True)
@@ -70,11 +80,14 @@ class SessionStore:
         store = self.table.data
         for partition, batch in batches.items():
             store._db_for_partition(partition).write(batch)
-        if batches:
-            outbox.on_delivered(self._persisted)
+        for partition, fut in last.items():
+            # A partition's newest record has the highest offset of the batch there.
+            fut.add_done_callback(self._persisted(TP(topic, partition)))
+        return sent
 
-    def _persisted(self, delivered: list[Delivered]) -> None:
-        topic = self.changelog_topic
-        for batch in delivered:
-            if batch.topic == topic:
-                self.table.data.set_persisted_offset(TP(topic, batch.partition), batch.last_offset)
+    def _persisted(self, tp: TP) -> Callable[[asyncio.Future], None]:
+        def record(fut: asyncio.Future) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                self.table.data.set_persisted_offset(tp, fut.result().offset)
+
+        return record

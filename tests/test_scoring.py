@@ -176,12 +176,12 @@ def test_a_model_without_search_index_scores_but_does_not_search(tmp_path):
 
 @pytest.mark.parametrize("n_items", [30, 500])
 def test_exact_search_by_blas_returns_what_faiss_returns(tmp_path, n_items):
-    """The default exact search (one product, a partial sort) and FAISS's IndexFlatIP agree,
+    """Exact search by one product and a partial sort and FAISS's IndexFlatIP agree,
     with seen items left out and empty sessions answered by popularity."""
     artifact = read_artifact(write_random_artifact(tmp_path / "m", n_items=n_items, seed=5))
-    blas = ServingModel.from_artifact(artifact)
-    flat = ServingModel.from_artifact(artifact, exact_search="faiss")
-    assert blas.dense and blas.index is None and not flat.dense
+    blas = ServingModel.from_artifact(artifact, exact_search="blas")
+    flat = ServingModel.from_artifact(artifact)  # the default
+    assert blas.dense and blas.index is None and flat.index is not None and not flat.dense
     sessions = _sessions(n_items, 40, 12, seed=3)
     state = blas.run(sessions)
     state[:3] = 0  # three sessions with no known item: the popularity fallback
