@@ -157,27 +157,20 @@ class TrainingPipeline:
         if not opts.validate or self.split.valid is None:
             return None
         valid_data = limit_history(self.split.valid, opts.history_window)
-        if self.valid_metric == WINDOW_VALID_METRIC:
-
-            def validate_sampled(model: GRU4Rec) -> float:
-                return evaluate_sampled(
-                    GRU4RecScorer(model),
-                    valid_data,
-                    (5,),
-                    batch_size=opts.eval_batch_size,
-                    progress=opts.show_eval_progress,
-                )[WINDOW_VALID_METRIC]
-
-            return validate_sampled
+        metric = self.valid_metric
+        # Window mode: NDCG@5 among the sampled negatives; else full-ranking Recall@20.
+        protocol, cutoff = (
+            (evaluate_sampled, 5) if metric == WINDOW_VALID_METRIC else (evaluate_full, 20)
+        )
 
         def validate(model: GRU4Rec) -> float:
-            return evaluate_full(
+            return protocol(
                 GRU4RecScorer(model),
                 valid_data,
-                (20,),
+                (cutoff,),
                 batch_size=opts.eval_batch_size,
                 progress=opts.show_eval_progress,
-            )[VALID_METRIC]
+            )[metric]
 
         return validate
 
