@@ -6,6 +6,9 @@ For each parameter (or each touched row of a sparse gradient g):
     p   <- p + v
 Rows that a step does not touch keep their accumulator, velocity and value: with 40k+ items
 a step then costs O(rows touched), not O(n_items).
+
+On the CPU the update runs as one fused pass per parameter (`cpu_kernels`); the torch
+operations below are the reference and the path for other devices.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from batch_training import cpu_kernels
+
 
 class AdagradMomentum(Optimizer):
     def __init__(
@@ -24,10 +29,12 @@ class AdagradMomentum(Optimizer):
         lr: float = 0.05,
         momentum: float = 0.0,
         eps: float = 1e-6,
+        fused: bool = True,
     ) -> None:
         if lr <= 0.0 or not 0.0 <= momentum < 1.0 or eps <= 0.0:
             raise ValueError(f"bad Adagrad settings lr={lr}, momentum={momentum}, eps={eps}")
         super().__init__(params, {"lr": lr, "momentum": momentum, "eps": eps})
+        self.fused = fused  # use cpu_kernels where the tensors allow it
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["acc"] = torch.zeros_like(p)
@@ -63,11 +70,20 @@ class AdagradMomentum(Optimizer):
         output weights and biases).
         """
         group = self._group_of(params[0])
+        lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
+        fused = self._fusable(rows, row_grads, *params)
         offset = 0
         for p in params:
             width = p.shape[1]
-            values = row_grads[:, offset : offset + width]
-            self._row_step(p, rows, values, group["lr"], group["momentum"], group["eps"])
+            if fused:  # in place, one pass over each row
+                state = self.state[p]
+                cpu_kernels.row_update(
+                    p, rows, row_grads, offset, state["acc"], state.get("velocity"),
+                    lr, momentum, eps,
+                )  # fmt: skip
+            else:
+                values = row_grads[:, offset : offset + width]
+                self._row_step(p, rows, values, lr, momentum, eps)
             offset += width
 
     def _group_of(self, p: Tensor) -> dict:
@@ -76,11 +92,18 @@ class AdagradMomentum(Optimizer):
                 return group
         raise ValueError("parameter not optimised here")
 
+    def _fusable(self, *tensors: Tensor) -> bool:
+        return self.fused and cpu_kernels.usable(*tensors)
+
     def _dense_step(self, params: list[Tensor], lr: float, momentum: float, eps: float) -> None:
+        states = [self.state[p] for p in params]
+        if self._fusable(*params, *(p.grad for p in params)):
+            for s, p in zip(states, params, strict=True):
+                cpu_kernels.dense_update(p, p.grad, s["acc"], s.get("velocity"), lr, momentum, eps)
+            return
         # One foreach call per operation for all dense parameters (few dispatches: the small
         # models are dominated by per-op overhead), into a denominator buffer kept per
         # parameter (no allocation per step).
-        states = [self.state[p] for p in params]
         for s, p in zip(states, params, strict=True):
             if "denom" not in s:
                 s["denom"] = torch.empty_like(p)
@@ -103,6 +126,10 @@ class AdagradMomentum(Optimizer):
     ) -> None:
         """Update rows (R,) (unique) of p with their gradients values (R, *p.shape[1:])."""
         state = self.state[p]
+        if p.dim() == 2 and self._fusable(p, rows, values):
+            velocity = state.get("velocity")
+            cpu_kernels.row_update(p, rows, values, 0, state["acc"], velocity, lr, momentum, eps)
+            return
         acc = state["acc"].index_select(0, rows).addcmul_(values, values)
         state["acc"].index_copy_(0, rows, acc)
         denom = acc.add_(eps).sqrt_()  # acc's rows are stored: reuse the buffer

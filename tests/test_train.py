@@ -139,9 +139,13 @@ def test_hidden_state_is_reset_exactly_at_session_boundaries():
 # --- the optimiser ---------------------------------------------------------------------------
 
 
-def test_adagrad_momentum_dense_step_by_hand():
+FUSED = pytest.mark.parametrize("fused", [True, False], ids=["fused", "torch"])
+
+
+@FUSED
+def test_adagrad_momentum_dense_step_by_hand(fused):
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
-    opt = AdagradMomentum([p], lr=0.1, momentum=0.5, eps=1e-6)
+    opt = AdagradMomentum([p], lr=0.1, momentum=0.5, eps=1e-6, fused=fused)
     grads = [torch.tensor([0.5, 1.0]), torch.tensor([-1.0, 2.0])]
     acc, velocity, value = np.zeros(2), np.zeros(2), np.array([1.0, -2.0])
     for g in grads:
@@ -153,12 +157,13 @@ def test_adagrad_momentum_dense_step_by_hand():
     np.testing.assert_allclose(p.detach().numpy(), value, rtol=1e-6)
 
 
-def test_adagrad_sparse_step_updates_only_the_touched_rows():
+@FUSED
+def test_adagrad_sparse_step_updates_only_the_touched_rows(fused):
     """Rows a step does not touch keep value, accumulator and velocity (no momentum drift)."""
     torch.manual_seed(0)
     start = torch.randn(6, 3)
     param = torch.nn.Parameter(start.clone())
-    opt = AdagradMomentum([param], lr=0.05, momentum=0.4, eps=1e-6)
+    opt = AdagradMomentum([param], lr=0.05, momentum=0.4, eps=1e-6, fused=fused)
     value, acc, velocity = start.numpy().astype(np.float64), np.zeros((6, 3)), np.zeros((6, 3))
     for rows in ([1, 4, 1], [4, 5]):  # row 1 twice: its gradients are summed first
         opt.zero_grad()
@@ -181,14 +186,15 @@ def test_adagrad_sparse_step_updates_only_the_touched_rows():
     assert torch.count_nonzero(opt.state[param]["velocity"][untouched]) == 0
 
 
-def test_adagrad_step_rows_equals_the_sparse_step():
+@FUSED
+def test_adagrad_step_rows_equals_the_sparse_step(fused):
     """Training's gathered rows (plain rows and values) update as a sparse gradient would."""
     torch.manual_seed(1)
     weight, bias = torch.randn(7, 4), torch.randn(7, 1)
     sparse = [torch.nn.Parameter(weight.clone()), torch.nn.Parameter(bias.clone())]
     plain = [torch.nn.Parameter(weight.clone()), torch.nn.Parameter(bias.clone())]
-    opt_sparse = AdagradMomentum(sparse, lr=0.05, momentum=0.3)
-    opt_plain = AdagradMomentum(plain, lr=0.05, momentum=0.3)
+    opt_sparse = AdagradMomentum(sparse, lr=0.05, momentum=0.3, fused=fused)
+    opt_plain = AdagradMomentum(plain, lr=0.05, momentum=0.3, fused=fused)
     for rows in ([0, 2, 5], [2, 3], [6]):
         index = torch.tensor(rows)
         grads = torch.randn(len(rows), 5)  # weight and bias gradients side by side
@@ -200,6 +206,44 @@ def test_adagrad_step_rows_equals_the_sparse_step():
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     assert torch.equal(plain[0].detach()[[1, 4]], weight[[1, 4]])  # rows never touched
     assert not torch.equal(plain[0].detach()[[0, 2]], weight[[0, 2]])
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.15])
+def test_fused_cpu_update_equals_the_torch_operations(momentum):
+    """The fused kernels (cpu_kernels) and the torch reference update dense parameters,
+    touched rows and their states alike over several steps; untouched rows stay put."""
+    torch.manual_seed(2)
+    start = [torch.randn(300, 17), torch.randn(300, 1), torch.randn(3, 5000), torch.randn(5000)]
+    runs = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = AdagradMomentum(params, lr=0.05, momentum=momentum, fused=fused)
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(4):
+            rows = torch.randperm(300, generator=gen)[:120].sort().values
+            row_grads = torch.randn(120, 18, generator=gen)
+            opt.step_rows(rows, row_grads, params[:2])
+            for p in params[2:]:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+            for p in params[2:]:
+                p.grad = None
+        runs.append((params, opt))
+    (fused_params, fused_opt), (torch_params, torch_opt) = runs
+    for a, b in zip(fused_params, torch_params, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-6)
+        for key in torch_opt.state[b]:
+            if key != "denom":  # the torch path's scratch buffer
+                torch.testing.assert_close(fused_opt.state[a][key], torch_opt.state[b][key])
+    touched = torch.zeros(300, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        touched[torch.randperm(300, generator=gen)[:120]] = True
+        torch.randn(120, 18, generator=gen)
+        for p in start[2:]:
+            torch.randn(p.shape, generator=gen)
+    assert not touched.all()
+    assert torch.equal(fused_params[0].detach()[~touched], start[0][~touched])
 
 
 # --- the loop --------------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""Fused CPU kernels for the optimiser's update (numba).
+
+The update of Adagrad with momentum is a few arithmetic operations per value, so its cost
+is memory traffic. Written as torch operations it makes 6-9 passes over every value and,
+for the sparse output rows, gathers the rows out and scatters them back three times
+(accumulator, velocity, parameter); on the papers' BPR-max setup that was a third of a
+training step. Here each value is read and written once, in place: one pass over the
+dense parameters, and one over each touched row. The arithmetic is the same as
+`optim.AdagradMomentum`'s torch path (float32 throughout), which stays the reference and
+the path for CUDA tensors; tests/test_optim.py checks that both agree.
+
+Parallel over rows (or chunks of values) with numba's threads, as many as torch uses for
+the rest of the step. Compiled on first use (about a second) and cached on disk.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+from torch import Tensor
+
+# error_model="numpy": division follows IEEE (no Python ZeroDivisionError check), which
+# lets LLVM vectorise the loops; eps > 0 keeps the denominator positive anyway.
+_JIT = {"parallel": True, "error_model": "numpy", "cache": True, "nogil": True}
+# numba's fallback threading layer (workqueue, where neither OpenMP nor TBB is found) aborts
+# on parallel launches from two threads at once, as `tune --jobs N` would make.
+_LAUNCH = threading.Lock()
+
+
+@njit(**_JIT)
+def _dense_update(
+    grad: np.ndarray,
+    param: np.ndarray,
+    acc: np.ndarray,
+    velocity: np.ndarray,
+    lr: np.float32,
+    momentum: np.float32,
+    eps: np.float32,
+    use_velocity: bool,
+) -> None:
+    # 1-d views; chunks of 4,096 values per task keep the threads' ranges contiguous.
+    n = param.shape[0]
+    for chunk in prange((n + 4095) // 4096):
+        for i in range(chunk * 4096, min(n, chunk * 4096 + 4096)):
+            g = grad[i]
+            a = acc[i] + g * g
+            acc[i] = a
+            step = -lr * (g / math.sqrt(a + eps))
+            if use_velocity:
+                step = momentum * velocity[i] + step
+                velocity[i] = step
+            param[i] += step
+
+
+@njit(**_JIT)
+def _row_update(
+    rows: np.ndarray,
+    grads: np.ndarray,
+    offset: int,
+    param: np.ndarray,
+    acc: np.ndarray,
+    velocity: np.ndarray,
+    lr: np.float32,
+    momentum: np.float32,
+    eps: np.float32,
+    use_velocity: bool,
+) -> None:
+    # rows are unique, so the threads never write the same row.
+    width = param.shape[1]
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        for j in range(width):
+            g = grads[i, offset + j]
+            a = acc[r, j] + g * g
+            acc[r, j] = a
+            step = -lr * (g / math.sqrt(a + eps))
+            if use_velocity:
+                step = momentum * velocity[r, j] + step
+                velocity[r, j] = step
+            param[r, j] += step
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the kernels can update these tensors in place: on the CPU, contiguous, float32
+    values (and int64 row indices)."""
+    return all(
+        t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64) and t.is_contiguous()
+        for t in tensors
+    )
+
+
+def _threads() -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _array(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def dense_update(
+    param: Tensor,
+    grad: Tensor,
+    acc: Tensor,
+    velocity: Tensor | None,
+    lr: float,
+    momentum: float,
+    eps: float,
+) -> None:
+    """acc += g^2; v = momentum v - lr g / sqrt(acc + eps); p += v, in place (flat)."""
+    vel = velocity if velocity is not None else acc  # not touched without momentum
+    flat = [_array(t).reshape(-1) for t in (grad, param, acc, vel)]
+    settings = (np.float32(lr), np.float32(momentum), np.float32(eps), velocity is not None)
+    with _LAUNCH:
+        _threads()
+        _dense_update(*flat, *settings)
+
+
+def row_update(
+    param: Tensor,
+    rows: Tensor,
+    grads: Tensor,
+    offset: int,
+    acc: Tensor,
+    velocity: Tensor | None,
+    lr: float,
+    momentum: float,
+    eps: float,
+) -> None:
+    """The same update on rows (R,) (unique) of a 2-d param; row i's gradient is
+    grads[i, offset : offset + param.shape[1]]."""
+    vel = velocity if velocity is not None else acc
+    arrays = [_array(t) for t in (rows, grads)], [_array(t) for t in (param, acc, vel)]
+    settings = (np.float32(lr), np.float32(momentum), np.float32(eps), velocity is not None)
+    with _LAUNCH:
+        _threads()
+        _row_update(*arrays[0], offset, *arrays[1], *settings)
