@@ -4,8 +4,8 @@ Everything that scores an artifact goes through `ServingModel`: the worker, the 
 replay, `evaluate --model` and the retrain gate (`batch_training.evaluate.ArtifactScorer`),
 so what is measured offline is what is served. The GRU equations are the ones fixed in
 `schemas.artifact` (torch GRUCell conventions); `scores` equals the torch model's output for
-the same prefix (tests/test_scoring.py), and `recommend` returns the same top-K from FAISS,
-or from one BLAS product with `exact_search="blas"` (`scoring.search`).
+the same prefix (tests/test_scoring.py), and `recommend` returns the same top-K from one BLAS
+product and a top-k pass, or from FAISS (`scoring.search`).
 
 State layout: one float32 array (B, n_layers, H_max) per batch; layer l uses the first
 layers[l] columns. A row of zeros is the start of a session. An unknown item (index -1)

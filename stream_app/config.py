@@ -61,9 +61,9 @@ class WorkerConfig:
     rocksdb_write_buffer_mb: int = 4
     rocksdb_max_write_buffers: int = 2
     exact_max_items: int = 100_000  # exact search up to this many items, FAISS HNSW above
-    # How: FAISS's IndexFlatIP, or "blas" (see scoring.search.ServingOptions: a third of
-    # the CPU, but the worker fell 1.5 s behind at half load).
-    exact_search: str = "faiss"
+    # How: one BLAS product and a top-k pass ("blas"), or FAISS's IndexFlatIP ("faiss"); see
+    # scoring.search.ServingOptions.
+    exact_search: str = "blas"
     hnsw_ef_search: int = 128
     loglevel: str = "info"
 

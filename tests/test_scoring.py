@@ -176,11 +176,11 @@ def test_a_model_without_search_index_scores_but_does_not_search(tmp_path):
 
 @pytest.mark.parametrize("n_items", [30, 500])
 def test_exact_search_by_blas_returns_what_faiss_returns(tmp_path, n_items):
-    """Exact search by one product and a partial sort and FAISS's IndexFlatIP agree,
+    """Exact search by one product and a top-k pass and FAISS's IndexFlatIP agree,
     with seen items left out and empty sessions answered by popularity."""
     artifact = read_artifact(write_random_artifact(tmp_path / "m", n_items=n_items, seed=5))
     blas = ServingModel.from_artifact(artifact, exact_search="blas")
-    flat = ServingModel.from_artifact(artifact)  # the default
+    flat = ServingModel.from_artifact(artifact, exact_search="faiss")
     assert blas.dense and blas.index is None and flat.index is not None and not flat.dense
     sessions = _sessions(n_items, 40, 12, seed=3)
     state = blas.run(sessions)
@@ -208,3 +208,29 @@ def test_index_rows_pads_ragged_lists_of_external_ids(tmp_path):
     rows = [["i2", "nope", "i0"], [], ["i5"]]
     assert model.index_rows(rows).tolist() == [[2, -1, 0], [-1, -1, -1], [5, -1, -1]]
     assert model.index_rows([]).shape == (0, 1)
+
+
+def test_top_k_selection_equals_a_stable_sort():
+    """Best first, ties to the lower index, excluded and -inf columns never returned, -1 /
+    -inf where a row has fewer than k columns left."""
+    from scoring.topk import top_k
+
+    rng = np.random.default_rng(5)
+    for n, k in ((50, 7), (9, 12), (300, 20), (1, 1)):
+        scores = rng.integers(0, 6, size=(8, n)).astype(np.float32)  # many ties
+        scores[0, : n // 2] = -np.inf
+        exclude = np.full((8, 3), -1, dtype=np.int64)
+        exclude[1] = [0, n - 1, 0]
+        exclude[2, 0] = n // 2
+        masked = scores.copy()
+        for row, items in enumerate(exclude):
+            masked[row, items[items >= 0]] = -np.inf
+        got, got_scores = top_k(scores.copy(), k, exclude)
+        order = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+        for row in range(8):
+            want = [int(i) for i in order[row] if np.isfinite(masked[row, i])]
+            want += [-1] * (k - len(want))
+            assert got[row].tolist() == want, (n, k, row)
+            finite = [masked[row, i] for i in want if i >= 0]
+            np.testing.assert_array_equal(got_scores[row, : len(finite)], finite)
+            assert np.all(got_scores[row, len(finite) :] == -np.inf)

@@ -318,10 +318,10 @@ def test_worker_options_are_checked():
     config = config_from_args(args)
     assert config.core.session_ttl_ms == 45 * 60_000 and config.batch_within_s == 0.005
     assert config.naive and config.core.exhaustive
-    # FAISS's exact search by default: it leaves the interpreter lock to the event loop.
-    assert config.serving_options()["exact_search"] == "faiss"
-    blas = config_from_args(build_parser().parse_args(["--exact-search", "blas"]))
-    assert blas.serving_options()["exact_search"] == "blas"
+    # One BLAS product and a top-k pass by default; FAISS on request.
+    assert config.serving_options()["exact_search"] == "blas"
+    flat = config_from_args(build_parser().parse_args(["--exact-search", "faiss"]))
+    assert flat.serving_options()["exact_search"] == "faiss"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--exact-search", "gpu"])
     with pytest.raises(SystemExit):
