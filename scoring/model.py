@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from schemas.artifact import Artifact
-from scoring import search
+from scoring import search, topk
 from scoring.search import ServingOptions, first_valid, pad_ragged
 
 
@@ -93,11 +93,12 @@ class ServingModel:
         self.dense = self.exact and options.exact_search == "blas"
         self.index = None if self.dense else self._build_index()
         # The dense search's operand: items as columns [Wy_i; by_i] (H_last + 1, n), so that
-        # one product with the queries [h, 1] gives the scores, bias included.
-        self._columns = (
-            np.ascontiguousarray(search.item_vectors(self.output_weight, self.output_bias).T)
+        # a product with the queries [h, 1] gives the scores, bias included; in blocks of
+        # items (`topk.top_k_blocks`).
+        self._item_blocks = (
+            topk.item_blocks(search.item_vectors(self.output_weight, self.output_bias).T)
             if self.dense
-            else None
+            else []
         )
 
     # --- construction -------------------------------------------------------------------
@@ -210,9 +211,12 @@ class ServingModel:
         """Exact scores of every item, (B, n_items): h_last @ Wy.T + by (`search.scores`)."""
         return search.scores(self.last_hidden(state), self.output_weight, self.output_bias)
 
-    def _dense_scores(self, state: np.ndarray) -> np.ndarray:
-        """`scores` as one product [h, 1] @ [Wy; by].T (equal up to float rounding)."""
-        return search.queries(self.last_hidden(state)) @ self._columns
+    def _dense_top_k(
+        self, state: np.ndarray, k: int, exclude: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of `scores` (equal up to float rounding) by products with blocks of items."""
+        query = search.queries(self.last_hidden(state))
+        return topk.top_k_blocks(query, self._item_blocks, k, exclude)
 
     @staticmethod
     def empty_rows(state: np.ndarray) -> np.ndarray:
@@ -243,7 +247,7 @@ class ServingModel:
             raise RuntimeError(f"model {self.version} was loaded without a search index")
         model_rows, pop_rows = np.flatnonzero(~pop), np.flatnonzero(pop)
         if self.dense and not pop_rows.size:  # the usual batch: one product, one partial sort
-            return search.top_k_dense(self._dense_scores(state), k, excl)
+            return self._dense_top_k(state, k, excl)
 
         width = 0 if excl is None else excl.shape[1]
         fetch = min(self.n_items, k + width)
@@ -252,9 +256,8 @@ class ServingModel:
         if model_rows.size:
             hidden = self.last_hidden(state[model_rows])
             if self.dense:
-                scores = self._dense_scores(state[model_rows])
                 rows_excl = None if excl is None else excl[model_rows]
-                i, d = search.top_k_dense(scores, fetch, rows_excl)
+                i, d = self._dense_top_k(state[model_rows], fetch, rows_excl)
             else:
                 d, i = search.search(self.index, hidden, fetch, self.options)
             labels[model_rows] = i

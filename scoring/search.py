@@ -5,9 +5,9 @@
 is. The FAISS index holds the same numbers: the output bias is folded into the inner product
 by one extra dimension, query [h, 1] . item [Wy_i, by_i] = h . Wy_i + by_i, so the top-K by
 inner product is the top-K by `scores`. Up to `exact_max_items` items the search is exact:
-one BLAS product for the whole batch and a one-pass top-k selection (`top_k_dense`), seen
-items masked out first; or, with `exact_search="faiss"`, FAISS's IndexFlatIP. Above, HNSW.
-FAISS leaves seen items out by over-fetching and filtering.
+BLAS products of the whole batch with blocks of items and a one-pass top-k selection
+(`scoring.topk`), seen items masked out first; or, with `exact_search="faiss"`, FAISS's
+IndexFlatIP. Above, HNSW. FAISS leaves seen items out by over-fetching and filtering.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
-
-from scoring import topk
 
 log = logging.getLogger(__name__)
 
@@ -147,19 +145,6 @@ def first_valid(
         top = np.pad(top, ((0, 0), (0, pad)), constant_values=-1)
         top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
     return top, top_scores
-
-
-def top_k_dense(
-    scores: np.ndarray, k: int, exclude: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every row's k best columns of a full score matrix (B, n), best first: (indices, scores).
-
-    `exclude` (B, E), padded with -1: columns a row never returns (its seen items); they are
-    set to -inf in `scores` (which is modified). Rows with fewer than k columns left end in
-    -1 / -inf. Ties go to the lower index, as a stable sort would. (`topk.top_k`: one pass
-    per row without the interpreter lock.)
-    """
-    return topk.top_k(scores, k, exclude)
 
 
 def top_k_excluding(

@@ -234,3 +234,21 @@ def test_top_k_selection_equals_a_stable_sort():
             finite = [masked[row, i] for i in want if i >= 0]
             np.testing.assert_array_equal(got_scores[row, : len(finite)], finite)
             assert np.all(got_scores[row, len(finite) :] == -np.inf)
+
+
+def test_top_k_by_blocks_of_items_equals_one_product():
+    """Scoring a block of items at a time gives the top k of the whole product, exclusions
+    and ties across blocks included (small integers: every product exact, many ties)."""
+    from scoring.topk import item_blocks, top_k, top_k_blocks
+
+    rng = np.random.default_rng(6)
+    columns = rng.integers(-3, 4, size=(9, 1000)).astype(np.float32)
+    query = rng.integers(-3, 4, size=(12, 9)).astype(np.float32)
+    exclude = rng.integers(-1, 1000, size=(12, 30))
+    for k in (1, 20, 1000):
+        want = top_k(query @ columns, k, exclude)
+        got = top_k_blocks(query, item_blocks(columns, 128), k, exclude)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        for row, items in zip(got[0], exclude, strict=True):
+            assert not set(row[row >= 0].tolist()) & set(items.tolist())
