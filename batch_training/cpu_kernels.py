@@ -10,7 +10,8 @@ dense parameters, and one over each touched row. The arithmetic is the same as
 the path for CUDA tensors; tests/test_optim.py checks that both agree.
 
 Parallel over rows (or chunks of values) with numba's threads, as many as torch uses for
-the rest of the step. Compiled on first use (about a second) and cached on disk.
+the rest of the step (serial with one). Compiled on first use (about a second) and cached
+on disk.
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from torch import Tensor
 
 # error_model="numpy": division follows IEEE (no Python ZeroDivisionError check), which
 # lets LLVM vectorise the loops; eps > 0 keeps the denominator positive anyway.
-_JIT = {"parallel": True, "error_model": "numpy", "cache": True, "nogil": True}
+_JIT = {"error_model": "numpy", "cache": True, "nogil": True}
 # numba's fallback threading layer (workqueue, where neither OpenMP nor TBB is found) aborts
 # on parallel launches from two threads at once, as `tune --jobs N` would make.
 _LAUNCH = threading.Lock()
 
 
-@njit(**_JIT)
 def _dense_update(
     grad: np.ndarray,
     param: np.ndarray,
@@ -57,7 +57,6 @@ def _dense_update(
             param[i] += step
 
 
-@njit(**_JIT)
 def _row_update(
     rows: np.ndarray,
     grads: np.ndarray,
@@ -85,6 +84,19 @@ def _row_update(
             param[r, j] += step
 
 
+# With one thread, the serial versions: numba's OpenMP pool (a second one beside torch's)
+# keeps a thread spinning on another core after each parallel call. They are not cached on
+# disk: numba's cache tells compiled versions apart by signature only, so the serial and
+# the parallel build of one function would overwrite and load each other.
+_KERNELS = {
+    True: (njit(parallel=True, **_JIT)(_dense_update), njit(parallel=True, **_JIT)(_row_update)),
+    False: (
+        njit(**{**_JIT, "cache": False})(_dense_update),
+        njit(**{**_JIT, "cache": False})(_row_update),
+    ),
+}
+
+
 def usable(*tensors: Tensor) -> bool:
     """Whether the kernels can update these tensors in place: on the CPU, contiguous, float32
     values (and int64 row indices)."""
@@ -94,8 +106,13 @@ def usable(*tensors: Tensor) -> bool:
     )
 
 
-def _threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+def _kernels() -> tuple:
+    """The (dense, row) kernels for torch's thread count, numba's threads set to match."""
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if threads == 1:
+        return _KERNELS[False]
+    numba.set_num_threads(threads)
+    return _KERNELS[True]
 
 
 def _array(t: Tensor) -> np.ndarray:
@@ -116,8 +133,7 @@ def dense_update(
     flat = [_array(t).reshape(-1) for t in (grad, param, acc, vel)]
     settings = (np.float32(lr), np.float32(momentum), np.float32(eps), velocity is not None)
     with _LAUNCH:
-        _threads()
-        _dense_update(*flat, *settings)
+        _kernels()[0](*flat, *settings)
 
 
 def row_update(
@@ -137,5 +153,4 @@ def row_update(
     arrays = [_array(t) for t in (rows, grads)], [_array(t) for t in (param, acc, vel)]
     settings = (np.float32(lr), np.float32(momentum), np.float32(eps), velocity is not None)
     with _LAUNCH:
-        _threads()
-        _row_update(*arrays[0], offset, *arrays[1], *settings)
+        _kernels()[1](*arrays[0], offset, *arrays[1], *settings)

@@ -208,8 +208,17 @@ def test_adagrad_step_rows_equals_the_sparse_step(fused):
     assert not torch.equal(plain[0].detach()[[0, 2]], weight[[0, 2]])
 
 
+@pytest.fixture
+def torch_threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("torch_threads", [1, 2], indirect=True)  # serial and parallel kernels
 @pytest.mark.parametrize("momentum", [0.0, 0.15])
-def test_fused_cpu_update_equals_the_torch_operations(momentum):
+def test_fused_cpu_update_equals_the_torch_operations(momentum, torch_threads):
     """The fused kernels (cpu_kernels) and the torch reference update dense parameters,
     touched rows and their states alike over several steps; untouched rows stay put."""
     torch.manual_seed(2)
