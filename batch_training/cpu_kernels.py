@@ -4,20 +4,22 @@ The update of Adagrad with momentum is a few arithmetic operations per value, so
 is memory traffic. Written as torch operations it makes 6-9 passes over every value and,
 for the sparse output rows, gathers the rows out and scatters them back three times
 (accumulator, velocity, parameter); on the papers' BPR-max setup that was a third of a
-training step. Here each value is read and written once, in place: one pass over the
-dense parameters, and one over each touched row. The arithmetic is the same as
-`optim.AdagradMomentum`'s torch path (float32 throughout), which stays the reference and
-the path for CUDA tensors; tests/test_optim.py checks that both agree.
+training step. Here each value is read and written once, in place, by one kernel over
+rows: the touched rows of the output table, or every row of a dense parameter. The
+arithmetic is the same as `optim.AdagradMomentum`'s torch path (float32 throughout), which
+stays the reference and the path for CUDA tensors; tests/test_train.py checks that both
+agree.
 
-Parallel over rows (or chunks of values) with numba's threads, as many as torch uses for
-the rest of the step (serial with one). Compiled on first use (about a second) and cached
-on disk.
+Parallel over rows with numba's threads, as many as torch uses for the rest of the step
+(serial with one). Compiled on first use (about a second) and cached on disk.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -31,30 +33,6 @@ _JIT = {"error_model": "numpy", "cache": True, "nogil": True}
 # numba's fallback threading layer (workqueue, where neither OpenMP nor TBB is found) aborts
 # on parallel launches from two threads at once, as `tune --jobs N` would make.
 _LAUNCH = threading.Lock()
-
-
-def _dense_update(
-    grad: np.ndarray,
-    param: np.ndarray,
-    acc: np.ndarray,
-    velocity: np.ndarray,
-    lr: np.float32,
-    momentum: np.float32,
-    eps: np.float32,
-    use_velocity: bool,
-) -> None:
-    # 1-d views; chunks of 4,096 values per task keep the threads' ranges contiguous.
-    n = param.shape[0]
-    for chunk in prange((n + 4095) // 4096):
-        for i in range(chunk * 4096, min(n, chunk * 4096 + 4096)):
-            g = grad[i]
-            a = acc[i] + g * g
-            acc[i] = a
-            step = -lr * (g / math.sqrt(a + eps))
-            if use_velocity:
-                step = momentum * velocity[i] + step
-                velocity[i] = step
-            param[i] += step
 
 
 def _row_update(
@@ -84,16 +62,13 @@ def _row_update(
             param[r, j] += step
 
 
-# With one thread, the serial versions: numba's OpenMP pool (a second one beside torch's)
-# keeps a thread spinning on another core after each parallel call. They are not cached on
-# disk: numba's cache tells compiled versions apart by signature only, so the serial and
-# the parallel build of one function would overwrite and load each other.
+# With one thread, the serial build: numba's OpenMP pool (a second one beside torch's) keeps
+# a thread spinning on another core after each parallel call. It is not cached on disk:
+# numba's cache tells compiled versions apart by signature only, so the serial and the
+# parallel build would overwrite and load each other.
 _KERNELS = {
-    True: (njit(parallel=True, **_JIT)(_dense_update), njit(parallel=True, **_JIT)(_row_update)),
-    False: (
-        njit(**{**_JIT, "cache": False})(_dense_update),
-        njit(**{**_JIT, "cache": False})(_row_update),
-    ),
+    True: njit(parallel=True, **_JIT)(_row_update),
+    False: njit(**{**_JIT, "cache": False})(_row_update),
 }
 
 
@@ -106,13 +81,18 @@ def usable(*tensors: Tensor) -> bool:
     )
 
 
-def _kernels() -> tuple:
-    """The (dense, row) kernels for torch's thread count, numba's threads set to match."""
+def _kernel() -> Callable[..., None]:
+    """The row kernel for torch's thread count, numba's threads set to match."""
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if threads == 1:
         return _KERNELS[False]
     numba.set_num_threads(threads)
     return _KERNELS[True]
+
+
+@functools.lru_cache(maxsize=64)
+def _all_rows(n: int) -> Tensor:
+    return torch.arange(n)
 
 
 def _array(t: Tensor) -> np.ndarray:
@@ -128,12 +108,12 @@ def dense_update(
     momentum: float,
     eps: float,
 ) -> None:
-    """acc += g^2; v = momentum v - lr g / sqrt(acc + eps); p += v, in place (flat)."""
-    vel = velocity if velocity is not None else acc  # not touched without momentum
-    flat = [_array(t).reshape(-1) for t in (grad, param, acc, vel)]
-    settings = (np.float32(lr), np.float32(momentum), np.float32(eps), velocity is not None)
-    with _LAUNCH:
-        _kernels()[0](*flat, *settings)
+    """acc += g^2; v = momentum v - lr g / sqrt(acc + eps); p += v, in place: the row update
+    over all rows (a 1-d parameter is one row)."""
+    rows = param.shape[0] if param.dim() > 1 else 1
+    p, g, a = (t.view(rows, -1) for t in (param, grad, acc))
+    v = None if velocity is None else velocity.view(rows, -1)
+    row_update(p, _all_rows(rows), g, 0, a, v, lr, momentum, eps)
 
 
 def row_update(
@@ -153,4 +133,4 @@ def row_update(
     arrays = [_array(t) for t in (rows, grads)], [_array(t) for t in (param, acc, vel)]
     settings = (np.float32(lr), np.float32(momentum), np.float32(eps), velocity is not None)
     with _LAUNCH:
-        _kernels()[1](*arrays[0], offset, *arrays[1], *settings)
+        _kernel()(*arrays[0], offset, *arrays[1], *settings)
