@@ -29,9 +29,10 @@ class ServingOptions:
     exact_max_items: int = 100_000
     # How: "blas" scores every item with one matrix product and keeps each row's top k in
     # one pass (`topk.top_k`); "faiss" searches an IndexFlatIP. Same items (ties aside). At
-    # micro-batch sizes FAISS's per-query heaps cost 3-4x the product and the pass (ML-1M
-    # catalogue: 43 against 12 µs of CPU per query at 160 queries, one thread); both leave
-    # the interpreter lock free while they run, so a worker's event loop goes on meanwhile.
+    # micro-batch sizes FAISS's per-query heaps dominate: with "blas" the inference core
+    # (GRU step and search) does 1.6-1.8x the events per CPU-second (benchmarks/
+    # bench_inference.py, MovieLens-1M and Diginetica catalogues, batch 64-1024). Both
+    # leave the interpreter lock free while they run, so the event loop goes on meanwhile.
     exact_search: str = "blas"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200

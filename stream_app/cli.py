@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--exact-search",
         choices=("blas", "faiss"),
         default="blas",
-        help="exact top-K by one BLAS product and a one-pass selection (default; a third of "
-        "FAISS's CPU at micro-batch sizes), or by FAISS IndexFlatIP (see scoring/search.py)",
+        help="exact top-K by one BLAS product and a one-pass selection (default; less CPU at "
+        "micro-batch sizes), or by FAISS IndexFlatIP (see scoring/search.py)",
     )
     p.add_argument(
         "--naive", action="store_true", help="baseline mode: per click, full scoring (benchmarks)"
