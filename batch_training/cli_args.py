@@ -28,6 +28,13 @@ class CliError(Exception):
 # --- where the data comes from ------------------------------------------------------------
 
 
+def add_overrides_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--set KEY=VALUE` (repeatable) into `args.overrides`: config fields to override."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("data (one of)")
     group = source.add_mutually_exclusive_group(required=True)

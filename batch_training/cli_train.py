@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from batch_training.cli_args import (
     RUN_MODEL_DIR,
     CliError,
+    add_overrides_argument,
     add_source_arguments,
     choose_protocols,
     format_table,
@@ -46,13 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="run directory (must not exist)")
     parser.add_argument("--epochs", type=int, default=None, help="override n_epochs")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (repeatable); values are JSON, types are checked",
+    add_overrides_argument(
+        parser,
+        "override a config field (repeatable); values are JSON, types are checked",
     )
     parser.add_argument("--version", default=None, help="model version (default: a timestamp)")
     parser.add_argument(

@@ -45,6 +45,7 @@ import threading
 import time
 from typing import Any
 
+from batch_training.cli_args import add_overrides_argument
 from batch_training.gate import (
     METRICS,
     PRIMARY_METRIC,
@@ -135,13 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"model registry root (default ${DEFAULT_REGISTRY_ENV} or ./models)",
     )
     parser.add_argument("--preset", help="training preset (batch_training/presets/NAME.json)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one training hyperparameter (repeatable)",
+    add_overrides_argument(
+        parser,
+        "override one training hyperparameter (repeatable)",
     )
     parser.add_argument(
         "--tolerance",

@@ -31,6 +31,7 @@ import orjson
 
 from batch_training.cli_args import (
     CliError,
+    add_overrides_argument,
     add_source_arguments,
     load_data,
     run_command,
@@ -420,13 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--plot", type=Path, help="a PNG of the search")
     parser.add_argument("--jobs", type=int, default=1, help="trials in parallel (threads)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fix a config field for every trial (repeatable); a searched field is then "
+    add_overrides_argument(
+        parser,
+        "fix a config field for every trial (repeatable); a searched field is then "
         "no longer searched",
     )
     parser.add_argument("--epochs", type=int, help="override n_epochs (the most per trial)")
