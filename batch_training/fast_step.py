@@ -18,8 +18,9 @@ autograd in `train._train_step`, which stays the reference: tests/test_fast_step
 that both give the same gradients and the same updated parameters.
 
 The step leaves the GRU's gradients in the parameters' `.grad` and returns the touched
-output rows with their summed gradients, as the autograd path does, so the optimiser and
-data-parallel training (`distributed.GradSync`) see no difference. Dropout draws its masks
+output rows with their gradients, one row per input and per scored column, unsummed: the
+optimiser sums a row's occurrences in its update (the autograd path hands over unique rows,
+and data-parallel training coalesces them first). Dropout draws its masks
 with `model.dropout_mask`, in the model's order: a seed gives the same masks on both paths.
 """
 
@@ -46,8 +47,8 @@ _MIN_EXPONENT = -50.0
 class StepResult:
     per_lane: Tensor  # (B,) loss of each lane, not yet divided by the batch size
     hidden: list[Tensor]  # the new carried state, [(B, H)]
-    rows: Tensor  # (R,) sorted unique output rows the step touched
-    row_grads: Tensor  # (R, H + 1) their weight and bias gradients side by side
+    rows: Tensor  # (B + C,) the output rows the step touched: inputs, then scored columns
+    row_grads: Tensor  # (B + C, H + 1) their weight and bias gradients side by side
 
 
 class FastStep:
@@ -126,9 +127,13 @@ class FastStep:
         if timer:
             timer.tick("loss")
 
-        # Backward: scores -> state and scored rows.
+        # Backward: scores -> state and scored rows. The rows' gradients go into one block,
+        # inputs' rows first; a row that occurs several times (an input also scored, an item
+        # sampled twice) is summed by the optimiser (AdagradMomentum.step_rows).
+        b = len(inputs)
+        row_grads = torch.empty(b + len(columns), n + 1, dtype=x.dtype, device=x.device)
         d_state = d_scores @ col_weight  # (B, H)
-        d_columns = d_scores.t() @ out  # (C, H + 1): weight and bias rows
+        torch.mm(d_scores.t(), out, out=row_grads[b:])  # (C, H + 1): weight and bias rows
         if hidden_mask is not None:
             d_state.mul_(hidden_mask)
         # GRU: h' = cand + z (h - cand), cand = tanh(gi_n + r gh_n), r, z = sigmoid(gi + gh).
@@ -144,16 +149,11 @@ class FastStep:
         cell.bias_ih.grad = d_gates.sum(0)
         cell.weight_hh.grad = d_gh.t() @ h
         cell.bias_hh.grad = d_gh.sum(0)
-        d_x = d_gates @ cell.weight_ih  # (B, H)
+        d_x = torch.mm(d_gates, cell.weight_ih, out=row_grads[:b, :n])  # (B, H)
+        row_grads[:b, n] = 0.0  # the input lookup has no bias
         if embed_mask is not None:
             d_x.mul_(embed_mask)
-
-        # Sum each touched row's gradients (as input and as scored column) once.
-        rows, inverse = torch.unique(torch.cat([inputs, columns]), return_inverse=True)
-        row_grads = torch.zeros(len(rows), n + 1, dtype=x.dtype, device=x.device)
-        row_grads.index_add_(0, inverse[len(inputs) :], d_columns)
-        row_grads[:, :n].index_add_(0, inverse[: len(inputs)], d_x)
-        return StepResult(per_lane, [state], rows, row_grads)
+        return StepResult(per_lane, [state], torch.cat([inputs, columns]), row_grads)
 
     def _cross_entropy(self, scores: Tensor, log_q: Tensor | None) -> tuple[Tensor, Tensor]:
         """-log softmax(s - logq log_q) at the target; its gradient softmax - onehot."""
@@ -197,17 +197,15 @@ class FastStep:
         u = 1.0 / (ranking + _EPS)
         per_lane = self.bpreg * reg - torch.log(ranking + _EPS)
         pos_grad = u * (row_sums(sig_sq) - ranking)
-        # d_act = w (bpreg a (a + 2) - u sig^2 - g)
-        d_act = square.add_(act, alpha=2.0).mul_(self.bpreg)
-        d_act.addcmul_(sig_sq, u[:, None], value=-1.0)
-        d_act.sub_((self.bpreg * reg - u * ranking)[:, None]).mul_(e)
-        d_act.mul_((norm * self.scale)[:, None])
+        # d_act = w (bpreg a (a + 2) - u sig^2 - g) / batch_size, with w = e norm: each
+        # row's factor f = norm / batch_size goes into the coefficients (one pass fewer).
+        f = norm * self.scale
+        d_act = square.add_(act, alpha=2.0).mul_((self.bpreg * f)[:, None])
+        d_act.addcmul_(sig_sq, (u * f)[:, None], value=-1.0)
+        d_act.sub_(((self.bpreg * reg - u * ranking) * f)[:, None]).mul_(e)
         d_act.diagonal().copy_(pos_grad * self.scale)
         if self.elu:
-            # elu'(s) = 1 for s > 0, else a + alpha; as arithmetic, since masks (where,
-            # masked_fill) are several times slower on the CPU: min(a, 0) + alpha, plus
-            # 1 - alpha where a > 0 (sign(a) clamped at 0 is that indicator).
-            slope = act.clamp(max=0.0).add_(self.elu_param)
-            slope.add_(act.sign().clamp_(min=0.0), alpha=1.0 - self.elu_param)
-            d_act.mul_(slope)
+            # elu'(s) is 1 where a > 0, else a + alpha: ATen's ELU backward computes
+            # d_act elu'(s) from the activation a in one pass (is_result=True).
+            d_act = torch.ops.aten.elu_backward(d_act, self.elu_param, 1.0, 1.0, True, act)
         return per_lane, d_act

@@ -22,6 +22,14 @@ from torch.optim import Optimizer
 from batch_training import cpu_kernels
 
 
+def coalesce_rows(rows: Tensor, row_grads: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows (R,) that may repeat and their gradients (R, W) -> the sorted unique rows and
+    each one's summed gradient."""
+    unique, inverse = torch.unique(rows, sorted=True, return_inverse=True)
+    summed = row_grads.new_zeros(len(unique), row_grads.shape[1])
+    return unique, summed.index_add_(0, inverse, row_grads)
+
+
 class AdagradMomentum(Optimizer):
     def __init__(
         self,
@@ -65,26 +73,40 @@ class AdagradMomentum(Optimizer):
         """The sparse update of `step` from plain rows and values, without a sparse tensor
         (building and checking one costs more than the small models' update itself).
 
-        rows (R,) unique; row_grads (R, W): the rows' gradients of `params` side by side
-        (2-d parameters of the same number of rows whose widths add up to W; training's
-        output weights and biases).
+        rows (R,) row ids, repeats allowed: a row's gradients add up over its occurrences
+        (training hands over the rows of a step's inputs and scored items as they come);
+        row_grads (R, W): the rows' gradients of `params` side by side (2-d parameters of
+        the same number of rows whose widths add up to W; training's output weights and
+        biases).
         """
         group = self._group_of(params[0])
         lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
-        fused = self._fusable(rows, row_grads, *params)
-        offset = 0
-        for p in params:
-            width = p.shape[1]
-            if fused:  # in place, one pass over each row
-                state = self.state[p]
-                cpu_kernels.row_update(
-                    p, rows, row_grads, offset, state["acc"], state.get("velocity"),
-                    lr, momentum, eps,
-                )  # fmt: skip
-            else:
-                values = row_grads[:, offset : offset + width]
+        if not self._fusable(rows, row_grads, *params):
+            rows, row_grads = coalesce_rows(rows, row_grads)
+            widths = [p.shape[1] for p in params]
+            for p, values in zip(params, row_grads.split(widths, dim=1), strict=True):
                 self._row_step(p, rows, values, lr, momentum, eps)
-            offset += width
+            return
+        # Fused: each row updated once, in place, its occurrences summed on the way.
+        self._fused_rows(params, rows, row_grads, lr, momentum, eps)
+
+    def _fused_rows(
+        self,
+        params: Sequence[Tensor],
+        rows: Tensor,
+        row_grads: Tensor,
+        lr: float,
+        momentum: float,
+        eps: float,
+    ) -> None:
+        states = [self.state[p] for p in params]
+        if "last" not in states[0]:  # the grouping's table, all -1 between calls
+            states[0]["last"] = torch.full((params[0].shape[0],), -1, dtype=torch.int64)
+        velocities = [s["velocity"] for s in states] if "velocity" in states[0] else None
+        cpu_kernels.grouped_row_update(
+            params, rows, row_grads, [s["acc"] for s in states], velocities,
+            lr, momentum, eps, states[0]["last"],
+        )  # fmt: skip
 
     def _group_of(self, p: Tensor) -> dict:
         for group in self.param_groups:
@@ -97,9 +119,11 @@ class AdagradMomentum(Optimizer):
 
     def _dense_step(self, params: list[Tensor], lr: float, momentum: float, eps: float) -> None:
         states = [self.state[p] for p in params]
-        if self._fusable(*params, *(p.grad for p in params)):
-            for s, p in zip(states, params, strict=True):
-                cpu_kernels.dense_update(p, p.grad, s["acc"], s.get("velocity"), lr, momentum, eps)
+        if self._fusable(*params, *(p.grad for p in params)):  # one launch for all
+            velocities = [s["velocity"] for s in states] if "velocity" in states[0] else None
+            grads = [p.grad for p in params]
+            acc = [s["acc"] for s in states]
+            cpu_kernels.dense_update(params, grads, acc, velocities, lr, momentum, eps)
             return
         # One foreach call per operation for all dense parameters (few dispatches: the small
         # models are dominated by per-op overhead), into a denominator buffer kept per
@@ -127,8 +151,7 @@ class AdagradMomentum(Optimizer):
         """Update rows (R,) (unique) of p with their gradients values (R, *p.shape[1:])."""
         state = self.state[p]
         if p.dim() == 2 and self._fusable(p, rows, values):
-            velocity = state.get("velocity")
-            cpu_kernels.row_update(p, rows, values, 0, state["acc"], velocity, lr, momentum, eps)
+            self._fused_rows([p], rows, values, lr, momentum, eps)
             return
         acc = state["acc"].index_select(0, rows).addcmul_(values, values)
         state["acc"].index_copy_(0, rows, acc)

@@ -49,7 +49,7 @@ from batch_training.lanes import (  # re-exported: the iterator's old home
 )
 from batch_training.losses import loss_function
 from batch_training.model import GRU4Rec
-from batch_training.optim import AdagradMomentum
+from batch_training.optim import AdagradMomentum, coalesce_rows
 from batch_training.sampler import NegativeSampler
 from batch_training.stage_timer import StageTimer
 
@@ -196,6 +196,8 @@ def _train_step(
             model, optimizer, ctx, inputs, columns, log_q, hidden
         )
     if ctx.sync is not None:  # sums the ranks' gradients into the parameters' .grad
+        if rows is not None and row_grads is not None:
+            rows, row_grads = coalesce_rows(rows, row_grads)  # the exchange needs unique rows
         ctx.sync.reduce(rows, row_grads, active=True)
     if timer:
         timer.tick("backward")

@@ -9,7 +9,7 @@ import torch
 from batch_training.config import TrainConfig, load_preset
 from batch_training.curves import plot_history
 from batch_training.model import GRU4Rec
-from batch_training.optim import AdagradMomentum
+from batch_training.optim import AdagradMomentum, coalesce_rows
 from batch_training.train import (
     advance_lanes,
     resolve_device,
@@ -208,6 +208,39 @@ def test_adagrad_step_rows_equals_the_sparse_step(fused):
     assert not torch.equal(plain[0].detach()[[0, 2]], weight[[0, 2]])
 
 
+@FUSED
+def test_step_rows_sums_the_gradients_of_repeated_rows(fused):
+    """A row handed over several times is updated once, with its gradients summed."""
+    torch.manual_seed(4)
+    weight, bias = torch.randn(9, 3), torch.randn(9, 1)
+    rows = torch.tensor([4, 1, 4, 7, 1, 4])
+    grads = torch.randn(6, 4)
+    runs = []
+    for ids, values in ((rows, grads), coalesce_rows(rows, grads)):
+        params = [torch.nn.Parameter(weight.clone()), torch.nn.Parameter(bias.clone())]
+        opt = AdagradMomentum(params, lr=0.1, momentum=0.2, fused=fused)
+        for _ in range(2):
+            opt.step_rows(ids, values, params)
+        runs.append(params)
+    assert torch.equal(coalesce_rows(rows, grads)[0], torch.tensor([1, 4, 7]))
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-7)
+    assert not torch.equal(runs[0][0].detach()[4], weight[4])
+    assert torch.equal(runs[0][0].detach()[[0, 2, 3]], weight[[0, 2, 3]])
+
+
+def test_fused_step_rows_refuses_a_row_out_of_range_and_stays_usable():
+    params = [torch.nn.Parameter(torch.randn(5, 2)), torch.nn.Parameter(torch.randn(5, 1))]
+    opt = AdagradMomentum(params, lr=0.1)
+    before = params[0].detach().clone()
+    with pytest.raises(IndexError, match="out of range"):
+        opt.step_rows(torch.tensor([1, 5]), torch.randn(2, 3), params)
+    assert torch.equal(params[0].detach(), before)
+    assert torch.equal(opt.state[params[0]]["last"], torch.full((5,), -1))  # table intact
+    opt.step_rows(torch.tensor([1, 1]), torch.ones(2, 3), params)
+    assert not torch.equal(params[0].detach()[1], before[1])
+
+
 @pytest.fixture
 def torch_threads(request):
     before = torch.get_num_threads()
@@ -229,8 +262,9 @@ def test_fused_cpu_update_equals_the_torch_operations(momentum, torch_threads):
         opt = AdagradMomentum(params, lr=0.05, momentum=momentum, fused=fused)
         gen = torch.Generator().manual_seed(3)
         for _ in range(4):
-            rows = torch.randperm(300, generator=gen)[:120].sort().values
-            row_grads = torch.randn(120, 18, generator=gen)
+            rows = torch.randint(0, 300, (160,), generator=gen)  # unsorted, with repeats
+            row_grads = torch.randn(160, 18, generator=gen)
+            row_grads[::3] *= 1e-21  # squares below float32's normal range
             opt.step_rows(rows, row_grads, params[:2])
             for p in params[2:]:
                 p.grad = torch.randn(p.shape, generator=gen)
@@ -247,8 +281,8 @@ def test_fused_cpu_update_equals_the_torch_operations(momentum, torch_threads):
     touched = torch.zeros(300, dtype=torch.bool)
     gen = torch.Generator().manual_seed(3)
     for _ in range(4):
-        touched[torch.randperm(300, generator=gen)[:120]] = True
-        torch.randn(120, 18, generator=gen)
+        touched[torch.randint(0, 300, (160,), generator=gen)] = True
+        torch.randn(160, 18, generator=gen)
         for p in start[2:]:
             torch.randn(p.shape, generator=gen)
     assert not touched.all()
