@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+import types
 from collections.abc import Callable, Sequence
 
 import numba
@@ -203,12 +204,20 @@ def _group(ids: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return heads[:n_heads], chain, spill
 
 
-# With one thread, the serial build: numba's OpenMP pool (a second one beside torch's) keeps
-# a thread spinning on another core after each parallel call. It is not cached on disk:
-# numba's cache tells compiled versions apart by signature only, so the serial and the
-# parallel build would overwrite and load each other.
+def _renamed(fn: Callable[..., None], suffix: str) -> Callable[..., None]:
+    """A copy of fn under another name: numba's disk cache tells the builds of one function
+    apart by signature only, so a serial and a parallel build of it would load each other."""
+    name, qualname = fn.__name__ + suffix, fn.__qualname__ + suffix
+    code = fn.__code__.replace(co_name=name, co_qualname=qualname)
+    copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = qualname
+    return copy
+
+
+# A parallel and a serial build of each kernel, both cached on disk. With one thread the
+# serial one: numba's OpenMP runtime otherwise keeps a thread spinning on the other core.
 _KERNELS = {
-    (name, parallel): njit(parallel=parallel, **{**_JIT, "cache": parallel})(fn)
+    (name, parallel): njit(parallel=parallel, **_JIT)(fn if parallel else _renamed(fn, "_serial"))
     for name, fn in (("dense", _dense_kernel), ("grouped", _grouped_kernel))
     for parallel in (True, False)
 }
@@ -232,58 +241,58 @@ def _kernel(name: str) -> Callable[..., None]:
     return _KERNELS[name, True]
 
 
-def _matrices(tensors: Sequence[Tensor]) -> Arrays:
+def matrices(tensors: Sequence[Tensor]) -> Arrays:
     """The tensors as 2-d arrays sharing their memory (a 1-d tensor is one row)."""
     return tuple(t.detach().view(t.shape[0] if t.dim() > 1 else 1, -1).numpy() for t in tensors)
 
 
-def _flat(tensors: Sequence[Tensor]) -> Arrays:
+def flat(tensors: Sequence[Tensor]) -> Arrays:
     """The (contiguous) tensors as 1-d arrays sharing their memory."""
     return tuple(t.detach().view(-1).numpy() for t in tensors)
 
 
 def _settings(
-    lr: float, momentum: float, eps: float, velocities: Sequence[Tensor] | None
+    lr: float, momentum: float, eps: float, velocities: Arrays | None
 ) -> tuple[np.float32, np.float32, np.float32, bool]:
     return np.float32(lr), np.float32(momentum), np.float32(eps), velocities is not None
 
 
 def dense_update(
-    params: Sequence[Tensor],
-    grads: Sequence[Tensor],
-    accs: Sequence[Tensor],
-    velocities: Sequence[Tensor] | None,
+    params: Arrays,
+    grads: Arrays,
+    accs: Arrays,
+    velocities: Arrays | None,
     lr: float,
     momentum: float,
     eps: float,
 ) -> None:
     """acc += g^2; v = momentum v - lr g / sqrt(acc + eps); p += v, in place, on every value
-    of each parameter (velocities None: no momentum, p -= lr g / sqrt(acc + eps))."""
-    p, g, a = _flat(params), _flat(grads), _flat(accs)
-    v = a if velocities is None else _flat(velocities)
+    of each parameter (velocities None: no momentum, p -= lr g / sqrt(acc + eps)). The
+    arrays are `flat` views of the tensors."""
+    v = accs if velocities is None else velocities
     with _LAUNCH:
-        _kernel("dense")(g, p, a, v, *_settings(lr, momentum, eps, velocities))
+        _kernel("dense")(grads, params, accs, v, *_settings(lr, momentum, eps, velocities))
 
 
 def grouped_row_update(
-    params: Sequence[Tensor],
-    ids: Tensor,
-    grads: Tensor,
-    accs: Sequence[Tensor],
-    velocities: Sequence[Tensor] | None,
+    params: Arrays,
+    ids: np.ndarray,
+    grads: np.ndarray,
+    accs: Arrays,
+    velocities: Arrays | None,
     lr: float,
     momentum: float,
     eps: float,
-    last: Tensor,
+    last: np.ndarray,
 ) -> None:
-    """The same update on rows of 2-d parameters of as many rows: ids (K,) may repeat, and
-    row ids[k] is updated once, with the sum of grads[k] over its occurrences; grads (K, W)
-    holds the parameters' gradients side by side (W = their widths added up). This replaces
-    finding the unique rows and summing their gradients (torch.unique, index_add_) before
-    the update. last: an int64 table (n_rows,) of -1, kept by the caller between calls
-    (left as it was, also when an id out of range raises IndexError)."""
-    p, a = _matrices(params), _matrices(accs)
-    v = a if velocities is None else _matrices(velocities)
-    ids_, last_, g = (t.detach().numpy() for t in (ids, last, grads))
+    """The same update on rows of 2-d parameters of as many rows (`matrices` views): ids
+    (K,) may repeat, and row ids[k] is updated once, with the sum of grads[k] over its
+    occurrences; grads (K, W) holds the parameters' gradients side by side (W = their
+    widths added up). This replaces finding the unique rows and summing their gradients
+    (torch.unique, index_add_) before the update. last: an int64 table (n_rows,) of -1, kept
+    by the caller between calls (left as it was, also when an id out of range raises
+    IndexError)."""
+    v = accs if velocities is None else velocities
+    settings = _settings(lr, momentum, eps, velocities)
     with _LAUNCH:
-        _kernel("grouped")(ids_, last_, g, p, a, v, *_settings(lr, momentum, eps, velocities))
+        _kernel("grouped")(ids, last, grads, params, accs, v, *settings)

@@ -13,13 +13,14 @@ operations below are the reference and the path for other devices.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
 from batch_training import cpu_kernels
+from batch_training.cpu_kernels import Arrays
 
 
 def coalesce_rows(rows: Tensor, row_grads: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,6 +44,7 @@ class AdagradMomentum(Optimizer):
             raise ValueError(f"bad Adagrad settings lr={lr}, momentum={momentum}, eps={eps}")
         super().__init__(params, {"lr": lr, "momentum": momentum, "eps": eps})
         self.fused = fused  # use cpu_kernels where the tensors allow it
+        self._views: dict[tuple, tuple] = {}  # see _arrays
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["acc"] = torch.zeros_like(p)
@@ -102,11 +104,29 @@ class AdagradMomentum(Optimizer):
         states = [self.state[p] for p in params]
         if "last" not in states[0]:  # the grouping's table, all -1 between calls
             states[0]["last"] = torch.full((params[0].shape[0],), -1, dtype=torch.int64)
-        velocities = [s["velocity"] for s in states] if "velocity" in states[0] else None
-        cpu_kernels.grouped_row_update(
-            params, rows, row_grads, [s["acc"] for s in states], velocities,
-            lr, momentum, eps, states[0]["last"],
-        )  # fmt: skip
+        values, acc, velocity, (last,) = self._arrays(params, cpu_kernels.matrices)
+        ids, grads = rows.numpy(), row_grads.detach().numpy()
+        cpu_kernels.grouped_row_update(values, ids, grads, acc, velocity, lr, momentum, eps, last)
+
+    def _arrays(
+        self, params: Sequence[Tensor], view: Callable[[Sequence[Tensor]], Arrays]
+    ) -> tuple[Arrays, Arrays, Arrays | None, Arrays]:
+        """numpy views of params, their accumulators, velocities (None without momentum)
+        and grouping table ("last", where kept), made once for the same memory (keyed by
+        the tensors' addresses): making them costs as much as updating a small parameter."""
+        states = [self.state[p] for p in params]
+        tensors = [*params, *(t for s in states for t in s.values())]
+        key = (view, *(t.data_ptr() for t in tensors))
+        if key not in self._views:
+            if len(self._views) > 64:  # memory replaced again and again: do not hold it all
+                self._views.clear()
+            self._views[key] = (
+                view(params),
+                view([s["acc"] for s in states]),
+                view([s["velocity"] for s in states]) if "velocity" in states[0] else None,
+                cpu_kernels.flat([s["last"] for s in states[:1] if "last" in s]),
+            )
+        return self._views[key]
 
     def _group_of(self, p: Tensor) -> dict:
         for group in self.param_groups:
@@ -120,10 +140,9 @@ class AdagradMomentum(Optimizer):
     def _dense_step(self, params: list[Tensor], lr: float, momentum: float, eps: float) -> None:
         states = [self.state[p] for p in params]
         if self._fusable(*params, *(p.grad for p in params)):  # one launch for all
-            velocities = [s["velocity"] for s in states] if "velocity" in states[0] else None
-            grads = [p.grad for p in params]
-            acc = [s["acc"] for s in states]
-            cpu_kernels.dense_update(params, grads, acc, velocities, lr, momentum, eps)
+            values, acc, velocity, _ = self._arrays(params, cpu_kernels.flat)
+            grads = cpu_kernels.flat([p.grad for p in params])
+            cpu_kernels.dense_update(values, grads, acc, velocity, lr, momentum, eps)
             return
         # One foreach call per operation for all dense parameters (few dispatches: the small
         # models are dominated by per-op overhead), into a denominator buffer kept per

@@ -397,3 +397,26 @@ def test_quick_preset_trains():
     data = cyclic_sessions(100, 30)
     result = train(data, load_preset("quick", n_epochs=2), n_items=30, progress=False)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_fused_update_follows_state_tensors_that_were_replaced():
+    """The fused path keeps numpy views of the optimiser's tensors; a state replaced by new
+    tensors (as load_state_dict does) must be the one updated and read afterwards."""
+    runs = []
+    for fused in (True, False):
+        torch.manual_seed(6)
+        params = [torch.nn.Parameter(torch.randn(8, 3)), torch.nn.Parameter(torch.randn(8, 1))]
+        dense = torch.nn.Parameter(torch.randn(4, 5))
+        opt = AdagradMomentum([*params, dense], lr=0.1, momentum=0.2, fused=fused)
+        for step in range(3):
+            if step == 2:  # new accumulators, much larger: much smaller steps
+                for p in (*params, dense):
+                    opt.state[p]["acc"] = torch.full_like(p.detach(), 50.0)
+            opt.step_rows(torch.tensor([1, 5, 1]), torch.randn(3, 4), params)
+            dense.grad = torch.randn(4, 5)
+            opt.step()
+        runs.append((params, dense, opt))
+    (params_f, dense_f, opt_f), (params_t, dense_t, opt_t) = runs
+    for a, b in zip([*params_f, dense_f], [*params_t, dense_t], strict=True):
+        torch.testing.assert_close(a.detach(), b.detach())
+        torch.testing.assert_close(opt_f.state[a]["acc"], opt_t.state[b]["acc"])
