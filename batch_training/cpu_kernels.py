@@ -8,7 +8,7 @@ gradients (torch.unique, index_add_). Here each value is read and written once, 
 - `dense_update`: every value of all dense parameters, one launch, flat loops;
 - `grouped_row_update`: the touched rows of the output table as the step hands them over,
   repeats included; a row's occurrences are found with a table kept between steps and
-  summed on the way, and the next rows are prefetched while one is updated.
+  summed on the way.
 The arithmetic is the same as `optim.AdagradMomentum`'s torch path (float32 throughout),
 which stays the reference and the path for CUDA tensors; tests/test_train.py checks that
 both agree.
@@ -27,11 +27,7 @@ from collections.abc import Callable, Sequence
 import numba
 import numpy as np
 import torch
-from llvmlite import ir
 from numba import njit, prange
-from numba import types as nb_types
-from numba.core import cgutils
-from numba.extending import intrinsic
 from torch import Tensor
 
 # error_model="numpy": division follows IEEE (no Python ZeroDivisionError check), which
@@ -48,9 +44,6 @@ _LAUNCH = threading.Lock()
 # sqrt(acc + eps) (for any eps above 1e-30; training's is 1e-6), so steps, velocities and
 # parameters stay bit-identical to the torch operations'.
 _MIN_SQUARED = np.float32(np.sqrt(np.finfo(np.float32).tiny))
-# The kernels take tuples of same-typed arrays (float32, C order): several parameters in one
-# launch, since a launch costs as much as updating a small parameter.
-Arrays = tuple[np.ndarray, ...]
 
 
 @njit(error_model="numpy", cache=True)
@@ -99,43 +92,9 @@ def _update_span(
             param[i] += step
 
 
-# The grouped update reads and writes ~2,000 rows a step scattered over tables of tens of MB
-# (values, accumulators, velocities), so it waits on memory, one row after the other: the
-# CPU cannot look a whole row (hundreds of instructions) ahead. Asking for the rows of a head
-# _AHEAD further while updating this one cut the update by ~20% on the XE setup. numba has
-# no prefetch, so it is LLVM's `llvm.prefetch` intrinsic, emitted here (typed-pointer name:
-# numba 0.68's llvmlite); the fused-kernel tests fail if a numba upgrade breaks it.
-_AHEAD = 2
-
-
-@intrinsic
-def _prefetch(typingctx: object, array: nb_types.Array, index: nb_types.Integer) -> tuple:
-    """A hint to fetch the cache line of array[index] for writing (no effect on values)."""
-
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202 - numba's hook
-        arytype = signature.args[0]
-        ary = context.make_array(arytype)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, arytype, ary, [args[1]])
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        write, keep, data = (ir.Constant(i32, v) for v in (1, 3, 1))
-        builder.call(fn, [builder.bitcast(ptr, i8p), write, keep, data])
-        return context.get_dummy_value()
-
-    return nb_types.void(array, nb_types.intp), codegen
-
-
-@njit(cache=True)
-def _prefetch_row(params: Arrays, accs: Arrays, velocities: Arrays, r: int) -> None:
-    """Row r of every parameter and state, each 64-byte line of it."""
-    for t in range(len(params)):
-        for table in (params[t], accs[t], velocities[t]):
-            row = table[r]
-            for j in range(0, row.size, 16):  # 16 float32 a cache line
-                _prefetch(row, j)
-
-
+# The kernels take tuples of same-typed arrays (2-d, float32, C order): several parameters
+# in one launch, since a launch costs as much as updating a small parameter.
+Arrays = tuple[np.ndarray, ...]
 _CHUNK = 16384  # values per parallel task of the dense update
 
 
@@ -189,8 +148,6 @@ def _grouped_kernel(
     heads, chain, spill = _group(ids, last)
     sums = np.empty(((spill >= 0).sum(), grads.shape[1]), dtype=grads.dtype)
     for h in prange(heads.shape[0]):
-        if h + _AHEAD < heads.shape[0]:
-            _prefetch_row(params, accs, velocities, ids[heads[h + _AHEAD]])
         first = heads[h]
         r = ids[first]
         row = grads[first]
