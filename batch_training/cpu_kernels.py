@@ -92,7 +92,7 @@ def _update_span(
             param[i] += step
 
 
-# The kernels take tuples of same-typed arrays (2-d, float32, C order): several parameters
+# The kernels take tuples of same-typed arrays (float32, C order): several parameters
 # in one launch, since a launch costs as much as updating a small parameter.
 Arrays = tuple[np.ndarray, ...]
 _CHUNK = 16384  # values per parallel task of the dense update
