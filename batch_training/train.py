@@ -204,7 +204,10 @@ def _train_step(
     if ctx.sync is None and rows is not None and row_grads is not None:
         assert isinstance(optimizer, AdagradMomentum)  # sparse updates: only Adagrad
         optimizer.step_rows(rows, row_grads, [model.output_weight, model.output_bias])
-    optimizer.step()
+    if isinstance(optimizer, AdagradMomentum):
+        optimizer.update()  # step() without torch's hooks around it
+    else:
+        optimizer.step()
     if timer:
         timer.tick("optimiser")
         timer.steps += 1
