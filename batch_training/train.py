@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from batch_training import distributed
 from batch_training.config import TrainConfig
+from batch_training.early_stop import BestEpoch
 from batch_training.fast_step import FastStep
 from batch_training.lanes import (  # re-exported: the iterator's old home
     SessionStep,
@@ -380,7 +381,7 @@ def train(
         # Without sampled negatives a lone lane has nothing to rank against.
         min_lanes = 1 if sampler else 2
         history: list[dict[str, Any]] = []
-        best_metric, best_epoch, best_state = -math.inf, 0, None
+        best = BestEpoch(config.patience, validated=validate is not None)
         for epoch in range(1, config.n_epochs + 1):
             model.train()
             if dev.type == "cuda":
@@ -408,9 +409,7 @@ def train(
                 "peak_memory_mb": _peak_memory_mb(dev),
                 "valid": None,
             }
-            if validate is None:
-                best_epoch = epoch
-            else:
+            if validate is not None:
                 model.eval()
                 t_valid = time.perf_counter()
                 with torch.no_grad():
@@ -419,11 +418,7 @@ def train(
                         metric = ctx.sync.broadcast(metric)
                     entry["valid"] = metric
                 entry["valid_seconds"] = time.perf_counter() - t_valid
-                if metric > best_metric:
-                    best_metric, best_epoch = metric, epoch
-                    best_state = {
-                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-                    }
+            best.record(epoch, entry["valid"], model)
             history.append(entry)
             log.info(
                 "epoch %d: loss %.5f, %.0f events/s, %.1fs, valid %s",
@@ -433,10 +428,9 @@ def train(
                 seconds,
                 entry["valid"],
             )
-            if validate is not None and epoch - best_epoch >= config.patience:
+            if best.should_stop(epoch):
                 log.info("no better validation for %d epochs, stopping", config.patience)
                 break
 
-        if best_state is not None and best_epoch != history[-1]["epoch"]:
-            model.load_state_dict(best_state)
-    return TrainResult(model.eval(), history, best_epoch, config, str(dev))
+        best.restore(model, history[-1]["epoch"])
+    return TrainResult(model.eval(), history, best.epoch, config, str(dev))

@@ -30,6 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from tqdm import tqdm
 
 from batch_training.config import TrainConfig
+from batch_training.early_stop import BestEpoch
 from batch_training.model import GRU4Rec
 from batch_training.train import Sessions, TrainResult, resolve_device
 from batch_training.windows import NegativeDrawer, Windows, build_windows
@@ -165,7 +166,7 @@ def train_windows(
     rng = np.random.default_rng(config.seed)
     rng_devices = [torch.cuda.current_device()] if dev.type == "cuda" else []
     history: list[dict[str, Any]] = []
-    best_metric, best_epoch, best_state = -math.inf, 0, None
+    best = BestEpoch(config.patience, validated=validate is not None)
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
         model = WindowGRU4Rec(n_items, config.embedding, config.layers[0]).to(dev)
@@ -189,18 +190,13 @@ def train_windows(
                 "events_per_s": len(windows) / seconds,
                 "valid": None,
             }
-            if validate is None:
-                best_epoch = epoch
-            else:
+            if validate is not None:
                 model.eval()
                 t_valid = time.perf_counter()
                 with torch.no_grad():
-                    metric = float(validate(model.to_gru4rec().to(dev)))
-                entry["valid"] = metric
+                    entry["valid"] = float(validate(model.to_gru4rec().to(dev)))
                 entry["valid_seconds"] = time.perf_counter() - t_valid
-                if metric > best_metric:
-                    best_metric, best_epoch = metric, epoch
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best.record(epoch, entry["valid"], model)
             history.append(entry)
             log.info(
                 "epoch %d: loss %.5f, %.0f examples/s, %.1fs, valid %s",
@@ -210,9 +206,8 @@ def train_windows(
                 seconds,
                 entry["valid"],
             )
-            if validate is not None and epoch - best_epoch >= config.patience:
+            if best.should_stop(epoch):
                 log.info("no better validation for %d epochs, stopping", config.patience)
                 break
-        if best_state is not None:
-            model.load_state_dict(best_state)
-    return TrainResult(model.to_gru4rec().to(dev), history, best_epoch, config, str(dev))
+        best.restore(model, history[-1]["epoch"])
+    return TrainResult(model.to_gru4rec().to(dev), history, best.epoch, config, str(dev))

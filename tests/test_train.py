@@ -420,3 +420,24 @@ def test_fused_update_follows_state_tensors_that_were_replaced():
     for a, b in zip([*params_f, dense_f], [*params_t, dense_t], strict=True):
         torch.testing.assert_close(a.detach(), b.detach())
         torch.testing.assert_close(opt_f.state[a]["acc"], opt_t.state[b]["acc"])
+
+
+def test_best_epoch_keeps_a_copy_stops_on_patience_and_restores():
+    from batch_training.early_stop import BestEpoch
+
+    model = torch.nn.Linear(2, 1)
+    best = BestEpoch(patience=2, validated=True)
+    for epoch, metric in enumerate([0.2, 0.7, 0.4, 0.1], start=1):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))  # the weights of each epoch
+        best.record(epoch, metric, model)
+        if best.should_stop(epoch):
+            break
+    assert (epoch, best.epoch, best.metric) == (4, 2, 0.7)
+    best.restore(model, last_epoch=epoch)
+    assert torch.all(model.weight == 2.0)  # epoch 2's weights, not a view of later ones
+    unvalidated = BestEpoch(patience=1, validated=False)
+    for epoch in range(1, 6):
+        unvalidated.record(epoch, None, model)
+        assert not unvalidated.should_stop(epoch)
+    assert unvalidated.epoch == 5
