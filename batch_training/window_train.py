@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
 from tqdm import tqdm
 
 from batch_training.config import TrainConfig
@@ -52,14 +51,15 @@ class WindowGRU4Rec(nn.Module):
             nn.init.normal_(param, mean=0.0, std=0.01)
 
     def encode(self, windows: Tensor, lengths: Tensor) -> Tensor:
-        """windows (B, L) left-aligned, PAD after `lengths` (B,) items -> final state (B, H)."""
-        x = self.item_embedding(windows.clamp(min=0).long())  # (B, L, E); pads never reach the GRU
-        if bool((lengths == x.shape[1]).all()):  # all windows full (most of them): no packing
-            _, h = self.rnn(x)
-        else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            _, h = self.rnn(packed)
-        return h[-1]  # no initial state means zeros; h (1, B, H) at each row's last item
+        """windows (B, L) left-aligned, PAD after `lengths` (B,) items -> final state (B, H).
+
+        The GRU runs over the padding too, and each row's state is read at its last item:
+        the padding comes after the items, so it never reaches their states (nor, in the
+        backward, their gradients): the same result as packing the windows, whose
+        bookkeeping made a step ~1.7x slower on the CPU."""
+        x = self.item_embedding(windows.clamp(min=0).long())  # (B, L, E)
+        states, _ = self.rnn(x)  # (B, L, H), from a zero state
+        return states[torch.arange(len(lengths), device=x.device), lengths.to(x.device) - 1]
 
     def forward(self, windows: Tensor, lengths: Tensor, items: Tensor) -> Tensor:
         """Scores (B, C) of items (B, C) after each window."""

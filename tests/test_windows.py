@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from batch_training.config import ConfigError, TrainConfig, load_preset
 from batch_training.export import export_artifact
@@ -126,9 +127,33 @@ def test_each_window_starts_from_a_zero_state_and_ignores_its_padding():
         # what sits in the padding slots changes nothing
         noisy = torch.where(windows == PAD, torch.full_like(windows, 29), windows)
         torch.testing.assert_close(model.encode(noisy, lengths), batch, atol=0, rtol=0)
-        full = lengths == 3  # a batch of full windows only takes the unpacked path
+        full = lengths == 3  # a batch of full windows only
         torch.testing.assert_close(model.encode(windows[full], lengths[full]), expected[full])
     assert not torch.allclose(batch[0], batch[1])  # the windows differ, so do their states
+
+
+def test_encode_has_the_gradients_of_packed_windows():
+    """Reading each row's state at its last item gives packing's gradients too: the padding
+    after the items passes no gradient back into them."""
+    torch.manual_seed(1)
+    model = WindowGRU4Rec(30, 8, 12)
+    windows = torch.randint(0, 30, (6, 5))
+    lengths = torch.tensor([5, 2, 5, 1, 4, 3])
+    windows[torch.arange(5)[None, :] >= lengths[:, None]] = PAD
+    weights = torch.randn(6, 12)
+
+    def grads(encode) -> list[torch.Tensor]:
+        model.zero_grad()
+        (encode() * weights).sum().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    def packed() -> torch.Tensor:
+        x = model.item_embedding(windows.clamp(min=0))
+        sequences = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return model.rnn(sequences)[1][-1]
+
+    for got, want in zip(grads(lambda: model.encode(windows, lengths)), grads(packed), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
 def test_bpr_loss_is_minus_log_sigmoid_of_the_margin():
