@@ -12,7 +12,9 @@ Variants:
     python benchmarks/bench_training.py --datasets diginetica:5000 movielens-1m:100 \\
         --preset diginetica-bprmax --runs 3 --threads 1
 
-A dataset may carry its own slice size as NAME:MAX_SESSIONS (else --max-sessions).
+A dataset may carry its own slice size as NAME:MAX_SESSIONS (else --max-sessions). A preset
+in the history-window mode (`rechorus`, with `--variants sparse`) is timed the same way; its
+"events" are examples.
     python benchmarks/bench_training.py --device cuda --variants sparse amp dense
 """
 
@@ -81,15 +83,24 @@ def run_once(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     rss_before = _current_rss_mb()
     t0 = time.perf_counter()
-    result = train(
-        split.train,
-        config,
-        n_items=split.vocab.n_items,
-        item_support=split.item_support,
-        device=str(device),
-        progress=False,
-        **({"profile": timer} if timer else {}),
-    )
+    if config.mode == "window":  # history-window training (`rechorus`): examples/s
+        if timer or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SystemExit("window mode: no --profile and no --nproc")
+        from batch_training.window_train import train_windows
+
+        result = train_windows(
+            split.train, config, n_items=split.vocab.n_items, device=str(device), progress=False
+        )
+    else:
+        result = train(
+            split.train,
+            config,
+            n_items=split.vocab.n_items,
+            item_support=split.item_support,
+            device=str(device),
+            progress=False,
+            **({"profile": timer} if timer else {}),
+        )
     return {
         "code": args.code_root or "current",
         "stage_ms": timer.per_step_ms() if timer else None,
@@ -105,7 +116,7 @@ def run_once(args: argparse.Namespace) -> dict:
         "events_per_s": [h["events_per_s"] for h in result.history],
         "epoch_seconds": [h["seconds"] for h in result.history],
         "loss": [h["loss"] for h in result.history],
-        "peak_memory_mb": max(h["peak_memory_mb"] for h in result.history),
+        "peak_memory_mb": max(h.get("peak_memory_mb", _peak_rss_mb()) for h in result.history),
         "rss_before_train_mb": rss_before,
         "total_seconds": time.perf_counter() - t0,
         "torch_threads": torch.get_num_threads(),
@@ -113,6 +124,13 @@ def run_once(args: argparse.Namespace) -> dict:
         "rank": rank,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (what training reports as peak memory on the CPU)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _current_rss_mb() -> float:
