@@ -13,8 +13,8 @@ Variants:
         --preset diginetica-bprmax --runs 3 --threads 1
 
 A dataset may carry its own slice size as NAME:MAX_SESSIONS (else --max-sessions). A preset
-in the history-window mode (`rechorus`, with `--variants sparse`) is timed the same way; its
-"events" are examples.
+in the history-window mode (`rechorus`) is timed the same way (its "events" are examples; it
+trains alike in both variants, since Adam updates every row).
     python benchmarks/bench_training.py --device cuda --variants sparse amp dense
 """
 
