@@ -239,8 +239,7 @@ async def throughput(
             await asyncio.sleep(0.05)
         await reader
         cpu_used = cpu_seconds(worker.proc.pid) - (cpu_at_first or 0.0)
-        profiled = not floor and code is None  # older code may not report its steps
-        profile = await asyncio.to_thread(stage_profile, worker, events) if profiled else {}
+        profile = {} if floor else await asyncio.to_thread(stage_profile, worker, events)
     finally:
         worker.stop()
     if len(answers) < events:
@@ -267,8 +266,8 @@ def stage_profile(worker: WorkerProcess, clicks: int) -> dict[str, float]:
 
 def print_profile(runs: list[dict[str, float]]) -> None:
     """A table of µs per click by step, medians over the runs."""
-    if not runs or not runs[0]:
-        return
+    if not runs or not any(runs[0].get(f"wall:{s}") for s in STAGES):
+        return  # a worker that does not report its steps (older code)
     print("| µs per click (median) | " + " | ".join(STAGES) + " | total |")
     print("| --- |" + " ---: |" * (len(STAGES) + 1))
     for kind in ("wall", "cpu"):
@@ -342,18 +341,20 @@ def compare_throughput(
     for run in range(args.runs):
         # ABBA order: a load that rises or falls over the benchmark favours neither.
         for code, out in pair if run % 2 == 0 else pair[::-1]:
-            rate, per_cpu, _ = asyncio.run(
-                throughput(settings, model, tmp, False, args.events, n_items, code=code)
+            out.append(
+                asyncio.run(
+                    throughput(settings, model, tmp, False, args.events, n_items, code=code)
+                )
             )
-            out.append((rate, per_cpu))
     for label, runs in (("this checkout", this), (f"{args.compare}", other)):
-        rates = ", ".join(f"{r:,.0f}" for r, _ in runs)
+        rates = ", ".join(f"{r:,.0f}" for r, _, _ in runs)
         print(
-            f"## {label}: sustained {statistics.median(r for r, _ in runs):,.0f} events/s "
-            f"(runs: {rates}); {statistics.median(c for _, c in runs):,.0f} per CPU-second"
+            f"## {label}: sustained {statistics.median(r for r, _, _ in runs):,.0f} events/s "
+            f"(runs: {rates}); {statistics.median(c for _, c, _ in runs):,.0f} per CPU-second"
         )
-    ratio = statistics.median(r for r, _ in this) / statistics.median(r for r, _ in other)
-    ratio_cpu = statistics.median(c for _, c in this) / statistics.median(c for _, c in other)
+        print_profile([p for _, _, p in runs])
+    ratio = statistics.median(r for r, _, _ in this) / statistics.median(r for r, _, _ in other)
+    ratio_cpu = statistics.median(c for _, c, _ in this) / statistics.median(c for _, c, _ in other)
     print(f"this / compared: {ratio:.2f}x events/s, {ratio_cpu:.2f}x events per CPU-second")
 
 

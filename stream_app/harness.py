@@ -51,12 +51,15 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(self.env or {})}
-        # This checkout's packages (or code_root's), whatever the working directory.
+        # This checkout's packages (or code_root's), whatever the working directory: -P keeps
+        # `-m` from putting the working directory first on the path, where it would shadow
+        # code_root's packages with the ones of the checkout it was started from.
         paths = (str(self.code_root), env.get("PYTHONPATH"))
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        argv = ["-P", "-m", self.module, *self.args, "--web-port", str(self.web_port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args, "--web-port", str(self.web_port)],
+            [sys.executable, *argv],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
