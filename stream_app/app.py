@@ -15,6 +15,7 @@ import faust
 
 from kafka_io.clients import faust_options
 from stream_app.config import WorkerConfig
+from stream_app.consumer import use_eager_delivery
 from stream_app.metrics import StageClock
 from stream_app.recovery import SafeTableManager
 from stream_app.runtime import WorkerRuntime
@@ -47,6 +48,7 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
         TableManager=SafeTableManager,  # see stream_app/recovery.py
         producer_max_request_size=config.producer_max_request_size,
     )
+    use_eager_delivery(app)  # see stream_app/consumer.py
     runtime = WorkerRuntime(config, app)
     # Table writes queue their changelog messages in Faust's producer buffer, and the
     # consumer stalls while it holds more than 100 (polling every 0.1 s); one micro-batch

@@ -1,0 +1,94 @@
+"""Faust's Kafka consumer without four asyncio tasks per fetched message.
+
+Faust 0.15.3's fetch loop (`Consumer._drain_messages`) hands every message to the conductor
+with `await self.wait_first(callback(message), self.suspend_flow.wait())`, so that a
+rebalance, which sets `suspend_flow`, can abandon a delivery stuck on a full stream queue.
+`Service.wait_first` wraps each awaitable in a task (the delivery, the suspension, and the
+service's own `stopped` and `crashed` events), waits for the first and cancels the rest: four
+tasks and an `asyncio.wait` per message, about an eighth of a worker's event loop at a few
+thousand clicks/s (py-spy profile of `benchmarks/bench_stream.py`).
+
+The delivery itself rarely waits: it puts the message's event in the stream's queue. So
+`wait_first` here runs the first awaitable's first step at once. If that finishes it, the
+result is the one Faust's race would give (a task runs its first step before anything it
+races against can cancel it) and no task is made; the other awaitables, unstarted coroutines,
+are closed. If it suspends (a full queue, flow control during a rebalance), the rest of it
+races the others through Faust's own `wait_first`, as before.
+
+What this relies on (tests/test_consumer.py fails if it changes): the fetch loop calls
+`self.wait_first` with the delivery coroutine first, and `Transport.create_consumer` builds
+the consumer from the transport's `Consumer` attribute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import Any
+
+import faust
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from mode.services import WaitResults
+
+
+class _Resumed:
+    """Awaits the rest of a coroutine that already ran its first step up to `pending`."""
+
+    __slots__ = ("_coro", "_pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, pending = self._coro, self._pending
+        while True:
+            # Hand what the coroutine waits on to the task driving us, and the task's answer
+            # (a value, or an exception such as a cancellation) back to the coroutine.
+            try:
+                sent = yield pending
+            except BaseException as exc:  # noqa: BLE001 - passed on, not handled
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    pending = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+class EagerDeliveryConsumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer; `wait_first` finishes at once what does not wait."""
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        first, rest = (coros[0], coros[1:]) if coros else (None, ())
+        if not asyncio.iscoroutine(first) or self._stopped.is_set() or self._crashed.is_set():
+            return await super().wait_first(*coros, timeout=timeout)
+        try:
+            pending = first.send(None)
+        except StopIteration as done:
+            _close(rest)
+            if self._stopped.is_set() or self._crashed.is_set():
+                return WaitResults([], [], True)
+            return WaitResults([first], [done.value], False)
+        except BaseException:
+            _close(rest)
+            raise
+        resumed: Awaitable[Any] = _Resumed(first, pending)
+        return await super().wait_first(resumed, *rest, timeout=timeout)
+
+
+def _close(awaitables: tuple[Any, ...]) -> None:
+    """Close unstarted coroutines (an unawaited one warns when collected)."""
+    for item in awaitables:
+        if asyncio.iscoroutine(item):
+            item.close()
+
+
+def use_eager_delivery(app: faust.App) -> None:
+    """Make `app` build its consumer as an `EagerDeliveryConsumer` (call before it starts)."""
+    if app._consumer is not None:
+        raise RuntimeError("the app's consumer exists already")
+    app.transport.Consumer = EagerDeliveryConsumer
