@@ -83,7 +83,7 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
             clock.lap("waiting")
             stored = runtime.read_sessions(clicks_)
             clock.lap("state_read")
-            result = await runtime.answer(model, clicks_, stored)
+            result = runtime.answer(model, clicks_, stored)
             clock.lap("core")
             sent += await runtime.write_sessions(result)
             clock.lap("state_write")

@@ -23,9 +23,11 @@ from typing import Any, NoReturn
 
 import faust
 import orjson
+from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
 from faust.types import TP
 
+from kafka_io.bulk_send import Record, append_records
 from schemas.events import DeadLetter, ValidationError, encode
 from scoring import ServingModel
 from stream_app.config import WorkerConfig
@@ -80,9 +82,8 @@ class WorkerRuntime:
         self.app = app
         self.metrics = WorkerMetrics()
         self.holder = ModelHolder(on_event=self._on_model_event)
-        # One thread for inference (one core per worker), one for loading models, so that
-        # building a new index never stalls the batches of the old model.
-        self.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        # A thread for loading models, so that building a new index never stalls the
+        # batches of the old model.
         self.loader_pool = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self.follower = ModelUpdateFollower(
             config.kafka,
@@ -181,23 +182,18 @@ class WorkerRuntime:
                 stored[sid] = None
         return stored
 
-    async def answer(
+    def answer(
         self, model: ServingModel, clicks: list[Click], stored: dict[str, SessionState | None]
     ) -> BatchResult:
         self._batches += 1
         if self._batches == self._fail_batch:  # the test-only hook (TEST_FAIL_BATCH_ENV)
             raise InjectedFault(f"{TEST_FAIL_BATCH_ENV}={self._fail_batch}: injected fault")
         started = time.perf_counter()
-        # In the inference thread, so the loop goes on reading clicks and sending meanwhile
-        # (the product and the partial sort run without the interpreter lock). On the loop
-        # thread instead, small batches cost the same CPU but waited 1.5 s at half load.
-        if self.config.naive:
-            result = answer_batch(model, clicks, stored, self.config.core)
-        else:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(
-                self.inference_pool, answer_batch, model, clicks, stored, self.config.core
-            )
+        # On the loop thread. In a thread of its own the core overlapped nothing: Faust
+        # fills the next batch only after this one is done, and the two threads took turns
+        # on the interpreter lock; inline, a worker answered 1.3x as many clicks a second
+        # (benchmarks/bench_stream.py --compare). A batch blocks the loop for milliseconds.
+        result = answer_batch(model, clicks, stored, self.config.core)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.sessions_recomputed.inc(result.recomputed)
         self.metrics.redelivered.inc(result.redelivered)
@@ -225,14 +221,14 @@ class WorkerRuntime:
             records.append((session.partition, key, value))
             if session.last_event_ms > newest.get(session.partition, -1):
                 newest[session.partition] = session.last_event_ms
-        sent = await self.store.write(records, self._send_to)
+        written = await self.store.write(records, self._producer())
         if too_big:
             self._reject_sessions(result, too_big)
         # Only now, with the batch in the table, may the expiry clock pass its clicks.
         wall_ms = int(time.time() * 1000)
         for partition, event_ms in newest.items():
             self.clock.applied(partition, event_ms, wall_ms)
-        return sent
+        return [delivery.future for delivery in written]
 
     def _reject_sessions(self, result: BatchResult, too_big: dict[str, int]) -> None:
         limit = self.config.producer_max_request_size
@@ -261,8 +257,7 @@ class WorkerRuntime:
         """
         limit = self.config.producer_max_request_size
         topic = self.config.recommendations_topic
-        sent = []
-        answered = 0
+        records: list[Record] = []
         now = time.time()
         too_big: list[tuple[Click, str]] = []
         latency = self.metrics.latency_seconds
@@ -272,9 +267,10 @@ class WorkerRuntime:
                 reason = f"recommendation: {len(value)} bytes do not fit a record ({limit})"
                 too_big.append((click, reason))
                 continue
-            sent.append(await self._send(topic, key, value))
+            records.append((topic, None, key, value))
             latency.observe(max(now - click.message_ms / 1000, 0.0))
-            answered += 1
+        answered = len(records)
+        sent = [d.future for d in await append_records(self._producer(), records)]
         self.metrics.recommendations.inc(answered)
         sent += await self.send_dead_letters(
             [
@@ -294,18 +290,16 @@ class WorkerRuntime:
         return sent
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
-        """Straight to Faust's producer; returns the delivery future (the broker's ack).
+        """One record (a dead letter) straight to Faust's producer; its delivery future.
 
         Faust's Topic.send adds about as much work per message again as the whole answer.
         The caller sized the record, so the producer's own size check cannot raise here.
         """
         return await self.app.producer.send(topic, key, value, None, None, None)
 
-    async def _send_to(
-        self, topic: str, key: bytes, value: bytes, partition: int
-    ) -> asyncio.Future:
-        """As `_send`, to a given partition (a session's changelog partition)."""
-        return await self.app.producer.send(topic, key, value, partition, None, None)
+    def _producer(self) -> AIOKafkaProducer:
+        """The aiokafka producer under Faust's, for `append_records` (kafka_io/bulk_send.py)."""
+        return self.app.producer._ensure_producer()
 
     def _dead_letter(self, msg: Any, reason: str) -> DeadLetter:
         """The reason starts with the field at fault ("timestamp: ..."), as ValidationError's do."""

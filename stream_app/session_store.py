@@ -6,7 +6,8 @@ and every write queues one changelog message through the producer buffer (`send_
 whose background task publishes it with Faust's per-message bookkeeping. At a few thousand
 clicks/s that was a third of a worker's time. Here a batch's sessions are read with one
 RocksDB multi-get per partition, written with one `WriteBatch` per partition, and their
-changelog records go straight to the producer, their deliveries awaited by the `AckGate`.
+changelog records are appended to the producer's batches in one go (kafka_io/bulk_send.py),
+their deliveries awaited by the `AckGate`.
 
 What this relies on in Faust 0.15.3 (tests/test_session_store.py fails if it changes):
 - `table.data` is the RocksDB store, `store._db_for_partition(p)` the rocksdict database of
@@ -27,14 +28,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import faust
+from aiokafka import AIOKafkaProducer
 from faust.types import TP
 from rocksdict import WriteBatch
 
-# Queues one record (topic, key, value, partition) and returns its delivery.
-Send = Callable[[str, bytes, bytes, int], Awaitable[asyncio.Future]]
+from kafka_io.bulk_send import Delivery, append_records
 
 
 class SessionStore:
@@ -59,20 +60,14 @@ class SessionStore:
         return values
 
     async def write(
-        self, records: Sequence[tuple[int, bytes, bytes]], send: Send
-    ) -> list[asyncio.Future]:
-        """Store (partition, key, value) records and send their changelog; the deliveries.
-
-        `send(topic, key, value, partition)` queues one record and returns its delivery.
-        """
+        self, records: Sequence[tuple[int, bytes, bytes]], producer: AIOKafkaProducer
+    ) -> list[Delivery]:
+        """Store (partition, key, value) records and send their changelog; the deliveries."""
         topic = self.changelog_topic
+        # Faust's order: the changelog records queued, then the values stored.
+        sent = await append_records(producer, [(topic, p, k, v) for p, k, v in records])
         batches: dict[int, WriteBatch] = {}
-        sent: list[asyncio.Future] = []
-        last: dict[int, asyncio.Future] = {}
         for partition, key, value in records:
-            fut = await send(topic, key, value, partition)
-            sent.append(fut)
-            last[partition] = fut
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = WriteBatch(raw_mode=True)
@@ -80,14 +75,17 @@ class SessionStore:
         store = self.table.data
         for partition, batch in batches.items():
             store._db_for_partition(partition).write(batch)
-        for partition, fut in last.items():
-            # A partition's newest record has the highest offset of the batch there.
-            fut.add_done_callback(self._persisted(TP(topic, partition)))
+        newest = {delivery.tp.partition: delivery for delivery in sent}
+        for partition, delivery in newest.items():
+            # A partition's newest delivery has the highest offset of the batch there.
+            delivery.future.add_done_callback(self._persisted(TP(topic, partition), delivery))
         return sent
 
-    def _persisted(self, tp: TP) -> Callable[[asyncio.Future], None]:
+    def _persisted(self, tp: TP, delivery: Delivery) -> Callable[[asyncio.Future], None]:
         def record(fut: asyncio.Future) -> None:
             if not fut.cancelled() and fut.exception() is None:
-                self.table.data.set_persisted_offset(tp, fut.result().offset)
+                offset = delivery.last_offset()
+                if offset is not None:
+                    self.table.data.set_persisted_offset(tp, offset)
 
         return record
