@@ -280,9 +280,9 @@ def worker_main(argv: list[str]) -> int:
     # record; then every debug call on the hot path builds a LogRecord (about a fifth of the
     # worker's time at WARNING level). A worker runs headless, so no spinner.
     worker.spinner = None
-    # The inference thread holds the GIL between numpy/FAISS calls; with the default 5 ms
-    # switch interval, each socket send of the event loop then waits up to 5 ms to get it
-    # back (a GIL convoy). A short interval keeps the loop's I/O flowing.
+    # Other threads (Faust runs aiokafka's consumer in a thread of its own; models load in
+    # another) hold the GIL between their calls; with the default 5 ms switch interval the
+    # event loop could wait up to 5 ms for it at each release (a GIL convoy).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # Everything loaded so far (Faust, torch-free numpy/FAISS, the model) lives as long as the
     # process: keep it out of the collector's scans, and collect young objects less often

@@ -25,7 +25,7 @@ class WorkerConfig:
     # Micro-batches: up to batch_max clicks, or whatever arrived within batch_within_s.
     batch_max: int = 256
     batch_within_s: float = 0.01
-    # The naive baseline for benchmarks: one click at a time, full scoring, no executor.
+    # The naive baseline for benchmarks: one click at a time, full scoring.
     naive: bool = False
     cleanup_interval_s: float = 60.0  # how often expired sessions are deleted
     web_port: int = 6066

@@ -1,7 +1,7 @@
 """The pure core of the worker: a micro-batch of clicks and their sessions -> answers.
 
 No Kafka, no Faust, no event loop: the agent reads the sessions from the table, calls
-`answer_batch` in an executor, then writes the sessions it returns and sends the answers.
+`answer_batch` (on the loop thread), then writes the sessions it returns and sends the answers.
 
 Rules (documented for producers and operators):
 - A click whose message key is not its session id is a dead letter: the key decides the

@@ -115,8 +115,8 @@ class WorkerMetrics:
 class StageClock:
     """Charges the wall and the loop thread's CPU time between `lap`s to the named step.
 
-    CPU time is the event loop thread's own (not the inference thread's, nor Faust's consumer
-    thread's): on a loaded machine it still says what each step costs.
+    CPU time is the event loop thread's own (not that of Faust's consumer thread or of the
+    model loader): on a loaded machine it still says what each step costs.
     """
 
     def __init__(self, wall: Counter, cpu: Counter) -> None:
