@@ -286,8 +286,8 @@ async def latency(
     rate: float,
     seconds: float,
     n_items: int,
-) -> tuple[float, float, float, float]:
-    """p50, p95, p99 (ms) and the achieved answer rate at a steady click rate."""
+) -> tuple[float, float, float, float, dict[str, float]]:
+    """p50, p95, p99 (ms), the achieved answer rate at a steady click rate, the step profile."""
     run = Run.fresh("naive" if naive else "batched")
     await create_topics(settings, run)
     worker = start_worker(settings, run, model, tmp, naive)
@@ -301,6 +301,7 @@ async def latency(
         source = ClickSource(seed=2, n_items=n_items)
         await produce_paced(settings, run.clicks, source, rate, events)
         await reader
+        profile = await asyncio.to_thread(stage_profile, worker, events)
     finally:
         worker.stop()
     answers.sort(key=lambda a: a[1])
@@ -308,7 +309,7 @@ async def latency(
     lat = np.array([(recv * 1000 - ts) for recv, ts in steady])
     span = (steady[-1][1] - steady[0][1]) / 1000 if len(steady) > 1 else float("nan")
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-    return float(p50), float(p95), float(p99), len(steady) / span
+    return float(p50), float(p95), float(p99), len(steady) / span, profile
 
 
 async def produce_paced(
@@ -430,18 +431,25 @@ def main(argv: list[str] | None = None) -> int:
             print_profile([p for _, _, p in runs])
             print("| load | clicks/s | p50 ms | p95 ms | p99 ms | answers/s |")
             print("| --- | ---: | ---: | ---: | ---: | ---: |")
+            paced = {}
             for share in () if args.quick else (0.5, 0.9):
                 rate = best * share
                 lat = [
                     asyncio.run(latency(settings, model, tmp, naive, rate, args.seconds, n_items))
                     for _ in range(args.runs)
                 ]
-                p50, p95, p99, achieved = (statistics.median(x) for x in zip(*lat, strict=True))
+                p50, p95, p99, achieved = (statistics.median(x[i] for x in lat) for i in range(4))
+                paced[share] = [x[4] for x in lat]
                 print(
                     f"| {share:.0%} | {rate:,.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | "
                     f"{achieved:,.0f} |",
                     flush=True,
                 )
+            for share, profiles in paced.items():
+                # The same steps with clicks paced, the benchmark's producer and reader
+                # running beside the worker (compare with the backlog's profile above).
+                print(f"\nsteps at {share:.0%} load:")
+                print_profile(profiles)
         floor = [
             asyncio.run(throughput(settings, model, tmp, False, args.events, n_items, True))
             for _ in range(args.runs)
