@@ -4,10 +4,11 @@
 append to the partition's open batch, a future for the record, and on delivery a
 `RecordMetadata` for it. Faust's producer wraps that in one more coroutine. A worker that
 sends two records per click (its answer and its session's changelog record) spent about a
-sixth of its event loop there. `append_records` appends a micro-batch's records to the same
-open batches `send` would use, with the same builder call, and hands back one `Delivery` per
-run of records that went into one batch, completed with that batch's outcome: the broker
-acknowledges or fails a batch as a whole, so each record's outcome is its batch's.
+tenth of its event loop there (py-spy profile of `benchmarks/bench_stream.py`).
+`append_records` appends a micro-batch's records to the same open batches `send` would
+use, with the same builder call, and hands back one `Delivery` per run of records that went
+into one batch, completed with that batch's outcome: the broker acknowledges or fails a
+batch as a whole, so each record's outcome is its batch's.
 
 What this relies on in aiokafka 0.14 (tests/test_bulk_send.py fails if it changes):
 - `producer._message_accumulator` keeps the open batches of each partition in

@@ -5,8 +5,8 @@ with `await self.wait_first(callback(message), self.suspend_flow.wait())`, so th
 rebalance, which sets `suspend_flow`, can abandon a delivery stuck on a full stream queue.
 `Service.wait_first` wraps each awaitable in a task (the delivery, the suspension, and the
 service's own `stopped` and `crashed` events), waits for the first and cancels the rest: four
-tasks and an `asyncio.wait` per message, about an eighth of a worker's event loop at a few
-thousand clicks/s (py-spy profile of `benchmarks/bench_stream.py`).
+tasks and an `asyncio.wait` per message, a few per cent of a worker's event loop at a few
+thousand clicks/s beside the delivery itself (py-spy profile of `benchmarks/bench_stream.py`).
 
 The delivery itself rarely waits: it puts the message's event in the stream's queue. So
 `wait_first` here runs the first awaitable's first step at once. If that finishes it, the

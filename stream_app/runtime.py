@@ -239,16 +239,18 @@ class WorkerRuntime:
         result.answers = [(c, r) for c, r in result.answers if c.event.session_id not in too_big]
 
     async def send_dead_letters(self, dead: Sequence[DeadLetter]) -> list[asyncio.Future]:
-        sent = []
+        if not dead:
+            return []
+        records: list[Record] = []
         for letter in dead:
             value = encode(letter)
             if not record_fits(letter.key, value, self.config.producer_max_request_size):
                 # Only with a --dlq-prefix-bytes near the limit: keep the metadata alone.
                 value = encode(dataclasses.replace(letter, original=b""))
-            sent.append(await self._send(self.config.dlq_topic, letter.key, value))
+            records.append((self.config.dlq_topic, None, letter.key, value))
             self.metrics.dead_letters.labels(field=letter.reason.split(":", 1)[0]).inc()
             log.info("dead letter %s@%d: %s", letter.topic, letter.offset, letter.reason)
-        return sent
+        return await self._append(records)
 
     async def publish(self, result: BatchResult) -> list[asyncio.Future]:
         """Send the answers and the core's dead letters; returns their deliveries.
@@ -270,7 +272,7 @@ class WorkerRuntime:
             records.append((topic, None, key, value))
             latency.observe(max(now - click.message_ms / 1000, 0.0))
         answered = len(records)
-        sent = [d.future for d in await append_records(self._producer(), records)]
+        sent = await self._append(records)
         self.metrics.recommendations.inc(answered)
         sent += await self.send_dead_letters(
             [
@@ -289,16 +291,16 @@ class WorkerRuntime:
         )
         return sent
 
-    async def _send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
-        """One record (a dead letter) straight to Faust's producer; its delivery future.
+    async def _append(self, records: Sequence[Record]) -> list[asyncio.Future]:
+        """Queue records on the aiokafka producer under Faust's, in one go; their deliveries.
 
-        Faust's Topic.send adds about as much work per message again as the whole answer.
-        The caller sized the record, so the producer's own size check cannot raise here.
+        Faust's `Producer.send` adds a coroutine and its sensors per record; see
+        kafka_io/bulk_send.py. The callers sized each record, so none is refused here.
         """
-        return await self.app.producer.send(topic, key, value, None, None, None)
+        return [delivery.future for delivery in await append_records(self._producer(), records)]
 
     def _producer(self) -> AIOKafkaProducer:
-        """The aiokafka producer under Faust's, for `append_records` (kafka_io/bulk_send.py)."""
+        """The aiokafka producer under Faust's (its `send` is what Faust's wraps)."""
         return self.app.producer._ensure_producer()
 
     def _dead_letter(self, msg: Any, reason: str) -> DeadLetter:
