@@ -8,8 +8,8 @@ UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 
 
-def parse_duration_ms(text: str, *, bare_unit: str | None = None) -> float:
-    """A duration in milliseconds, always positive.
+def parse_duration_ms(text: str, *, bare_unit: str | None = None, zero_ok: bool = False) -> float:
+    """A duration in milliseconds: positive, or zero where `zero_ok` (e.g. "no wait").
 
     A number without a unit is read in `bare_unit` (e.g. "s"), or refused when it is None.
     """
@@ -21,7 +21,7 @@ def parse_duration_ms(text: str, *, bare_unit: str | None = None) -> float:
             "(e.g. 250ms, 90s, 30m, 6h, 30d)"
         )
     value = float(match.group(1)) * UNITS_MS[unit]
-    if value <= 0:
+    if value == 0 and not zero_ok:
         raise ValueError(f"{text!r}: a duration must be positive")
     return value
 

@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--commit-interval", default="2.8s", help="how often offsets are committed")
     p.add_argument(
+        "--producer-linger",
+        default="0ms",
+        help="longest wait to fill a produce request (0ms: send what a micro-batch produced)",
+    )
+    p.add_argument(
         "--max-request-size",
         type=int,
         default=1_000_000,
@@ -179,6 +184,7 @@ def config_from_args(args: argparse.Namespace):  # -> WorkerConfig (imported lat
         heartbeat_interval_s=heartbeat_s,
         group_instance_id=args.group_instance_id,
         commit_interval_s=parse_duration(args.commit_interval),
+        producer_linger_s=parse_duration(args.producer_linger, zero_ok=True),
         producer_max_request_size=args.max_request_size,
         dlq_prefix_bytes=args.dlq_prefix_bytes,
         exact_max_items=args.exact_max_items,

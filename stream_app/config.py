@@ -47,9 +47,10 @@ class WorkerConfig:
     group_instance_id: str | None = None
     commit_interval_s: float = 2.8  # offsets are committed this often (after a flush)
     producer_batch_kb: int = 512  # per partition (Faust's default: 16 KiB)
-    # Wait up to 10 ms to fill produce requests: a few large requests instead of one per
-    # couple of messages (each send is a syscall that wakes the broker); adds <= 10 ms.
-    producer_linger_s: float = 0.01
+    # No wait to fill produce requests: a micro-batch appends all its records at once
+    # (kafka_io/bulk_send.py), so lingering only delays its answers; under load the records
+    # of later micro-batches still join the batch waiting behind a partition's request.
+    producer_linger_s: float = 0.0
     # Largest record the worker sends (Faust's producer_max_request_size, below the broker's
     # default message.max.bytes of 1 MiB). Every answer, dead letter and session value is
     # sized against it first; one that cannot fit becomes a dead letter instead of an error.
@@ -86,6 +87,6 @@ class WorkerConfig:
         }
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, *, zero_ok: bool = False) -> float:
     """ "30m", "90s", "1.5h", "250ms", or plain seconds -> seconds."""
-    return parse_duration_ms(text, bare_unit="s") / 1000
+    return parse_duration_ms(text, bare_unit="s", zero_ok=zero_ok) / 1000

@@ -222,6 +222,9 @@ def test_durations(text, seconds):
 def test_bad_duration_is_refused():
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("soon")
+    with pytest.raises(ValueError, match="must be positive"):
+        parse_duration("0ms")
+    assert parse_duration("0ms", zero_ok=True) == 0.0  # "no wait", where an option allows it
 
 
 def test_wire_form_is_the_recommendation_record(models):
@@ -318,6 +321,10 @@ def test_worker_options_are_checked():
     config = config_from_args(args)
     assert config.core.session_ttl_ms == 45 * 60_000 and config.batch_within_s == 0.005
     assert config.naive and config.core.exhaustive
+    # A micro-batch's records are sent at once unless a linger is asked for.
+    assert config.producer_linger_s == 0.0
+    lingering = config_from_args(build_parser().parse_args(["--producer-linger", "5ms"]))
+    assert lingering.producer_linger_s == 0.005
     # One BLAS product and a top-k pass by default; FAISS on request.
     assert config.serving_options()["exact_search"] == "blas"
     flat = config_from_args(build_parser().parse_args(["--exact-search", "faiss"]))
