@@ -8,7 +8,9 @@ What it measures, for the micro-batching worker and for the naive baseline worke
 (`--naive`: one click at a time, numpy scores over all items + a full sort, no executor),
 and for a "Faust floor": a bare Faust agent that reads the same clicks in the same
 micro-batches and sends one small answer per click, with no table, decoding or model, i.e.
-what this machine allows any Faust worker before the first line of our own code:
+what this machine allows a stock Faust worker before the first line of our own code (the
+worker goes past it: it takes its batches and fetches without Faust's per-event turn and
+1.5 s fetch wait, see stream_app/intake.py and stream_app/consumer.py):
   throughput  a backlog of clicks is written first, then a fresh worker drains it; the rate is
               (answers - 1) / (last answer - first answer), i.e. without start-up time
   latency     clicks are produced at a steady 50% and 90% of the measured throughput; each

@@ -16,11 +16,16 @@ import faust
 from kafka_io.clients import faust_options
 from stream_app.config import WorkerConfig
 from stream_app.consumer import use_eager_delivery
+from stream_app.intake import take_batches
 from stream_app.metrics import StageClock
 from stream_app.recovery import SafeTableManager
 from stream_app.runtime import WorkerRuntime
 from stream_app.session_store import SessionStore
 from stream_app.views import register_views
+
+# Clicks the agent's queue holds (see stream_buffer_maxsize below): 40% of it is over 1.5 s of
+# clicks at the fastest rate measured for one worker (~8,000/s).
+STREAM_BUFFER_MAXSIZE = 32_768
 
 
 def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
@@ -47,6 +52,11 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
         autodiscover=False,
         TableManager=SafeTableManager,  # see stream_app/recovery.py
         producer_max_request_size=config.producer_max_request_size,
+        # Fetched clicks wait in the agent's queue. At 80% full Faust pauses the fetch of its
+        # partitions until it is 40% full again, and a fetch loop that finds every partition
+        # paused sleeps a whole second: the queue must hold more than a second of clicks
+        # then, or a backlog leaves the worker idle (Faust's default, 4,096, did).
+        stream_buffer_maxsize=STREAM_BUFFER_MAXSIZE,
     )
     use_eager_delivery(app)  # see stream_app/consumer.py
     runtime = WorkerRuntime(config, app)
@@ -93,8 +103,8 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
 
     @app.agent(clicks, name="answer-clicks")
     async def answer_clicks(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(batch_max, within=config.batch_within_s):
-            # take_events acks a batch even when this body raises (its `finally` runs when
+        async for events in take_batches(stream, batch_max, within=config.batch_within_s):
+            # take_batches acks a batch even when this body raises (its `finally` runs when
             # the generator is closed), so the batch is held until its records are delivered.
             clock.lap("waiting")  # since the last batch was done
             runtime.acks.hold(events)

@@ -15,9 +15,19 @@ races against can cancel it) and no task is made; the other awaitables, unstarte
 are closed. If it suspends (a full queue, flow control during a rebalance), the rest of it
 races the others through Faust's own `wait_first`, as before.
 
+Its fetches wait at most `FETCH_MAX_WAIT_MS` at the broker, not the 1,500 ms Faust fixes.
+aiokafka keeps one fetch request in flight per broker, and leaves out of it every partition
+whose last records are still buffered, unread by Faust. After any pause of the fetch loop
+(a large fetch to deliver, a busy host), the next request may hold none of the clicks
+partitions, only quiet ones (the model updates, the table's changelog, which Faust never
+reads after recovery): the broker then holds it for the whole wait while the clicks pile up,
+and answers came up to 1.5 s late in `benchmarks/bench_stream.py` at half load.
+
 What this relies on (tests/test_consumer.py fails if it changes): the fetch loop calls
-`self.wait_first` with the delivery coroutine first, and `Transport.create_consumer` builds
-the consumer from the transport's `Consumer` attribute.
+`self.wait_first` with the delivery coroutine first, `Transport.create_consumer` builds
+the consumer from the transport's `Consumer` attribute, the consumer its thread with
+`_new_consumer_thread`, the thread its aiokafka consumer with `_create_worker_consumer`, and
+aiokafka's consumer hands `_fetch_max_wait_ms` to the fetcher it makes when it starts.
 """
 
 from __future__ import annotations
@@ -26,9 +36,14 @@ import asyncio
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
+import aiokafka
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from mode.services import WaitResults
+
+# Longest a fetch request waits at the broker for records (Kafka's fetch.max.wait.ms).
+FETCH_MAX_WAIT_MS = 50
 
 
 class _Resumed:
@@ -59,8 +74,20 @@ class _Resumed:
                     return done.value
 
 
+class ShortFetchConsumerThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread; its aiokafka consumer's fetches wait `FETCH_MAX_WAIT_MS`."""
+
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
+        return consumer
+
+
 class EagerDeliveryConsumer(AIOKafkaConsumer):
     """Faust's aiokafka consumer; `wait_first` finishes at once what does not wait."""
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         first, rest = (coros[0], coros[1:]) if coros else (None, ())

@@ -1,9 +1,10 @@
 """No offset is committed before Kafka has what the worker produced for it.
 
 What Faust 0.15.3 does (faust/streams.py, faust/transport/consumer.py), and why it is not enough:
-- `Stream.take_events` acks a micro-batch's events in a `finally` around its `yield`: after the
-  agent's loop body returns, but also when the generator is closed after the body raised (the
-  event loop's async-generator finalizer calls `aclose()`). An exception in the body therefore
+- `Stream.take_events`, and the worker's `take_batches` after it (stream_app/intake.py), ack a
+  micro-batch's events in a `finally` around its `yield`: after the agent's loop body returns,
+  but also when the generator is closed after the body raised (the event loop's
+  async-generator finalizer calls `aclose()`). An exception in the body therefore
   does not keep its batch from being committed, and the agent's default supervisor restarts the
   agent and goes on with the next batch.
 - An ack decrements the message's refcount; at zero `Consumer.ack` records the offset, and the
@@ -12,7 +13,7 @@ What Faust 0.15.3 does (faust/streams.py, faust/transport/consumer.py), and why 
   batches that failed, and a failed send only reaches us through its future.
 
 So each batch is held here: `hold` adds one reference to every message before the batch is
-processed, so `take_events`' ack can never be the last one. `release_after` drops that
+processed, so the batch generator's ack can never be the last one. `release_after` drops that
 reference (the final ack) once every record the batch produced (answers, dead letters,
 changelog writes) is acknowledged by the broker, and only after every earlier batch was
 released: Faust commits the lowest contiguous run of acked offsets, and its gap check lets one
@@ -115,8 +116,8 @@ class AckGate:
             return
         consumer = self._consumer()
         for event in events:
-            # Drops the reference taken by `hold`; take_events has dropped its own already
-            # (or will, right after the loop body): whichever comes last is the final ack.
+            # Drops the reference taken by `hold`; the batch generator has dropped its own
+            # already (or will, right after the loop body): whichever comes last is the final ack.
             event.message.ack(consumer)
 
     def held_for(self) -> float:

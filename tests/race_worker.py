@@ -9,7 +9,7 @@ queues). Here, every time:
   (with --plain-recovery, also until the first clicks were fetched: a loaded machine can
   take longer than that);
 - the agent is busy with its first batch until recovery has ended (it waits before reading
-  the model), and the stream queue holds 32 events (Faust's default: 4096), so the
+  the model), and the stream queue holds 32 events (the worker's: 32,768), so the
   consumer's fetch loop is blocked on the full queue, in the middle of a fetch, when the
   seek resets its read offsets.
 What Faust then does is the race: the queued events are thrown away when flow control
@@ -104,7 +104,7 @@ async def model_for_batch(self: WorkerRuntime):
 
 
 def app_init(self: faust.App, *args, **kwargs) -> None:
-    kwargs.setdefault("stream_buffer_maxsize", 32)
+    kwargs["stream_buffer_maxsize"] = 32  # in place of the worker's own size
     _app_init(self, *args, **kwargs)
 
 

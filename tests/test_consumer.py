@@ -14,7 +14,12 @@ import faust
 import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 
-from stream_app.consumer import EagerDeliveryConsumer, use_eager_delivery
+from stream_app.consumer import (
+    FETCH_MAX_WAIT_MS,
+    EagerDeliveryConsumer,
+    ShortFetchConsumerThread,
+    use_eager_delivery,
+)
 
 
 def consumer(tmp_path) -> EagerDeliveryConsumer:
@@ -116,3 +121,37 @@ def test_fausts_fetch_loop_races_the_delivery_first():
     """What the module relies on: the fetch loop's call, with the delivery first."""
     source = " ".join(inspect.getsource(FaustConsumer._drain_messages).split())
     assert "await self.wait_first( callback(message), self.suspend_flow.wait() )" in source
+
+
+def test_the_worker_consumers_fetches_wait_briefly(tmp_path, kafka_bootstrap):
+    """The aiokafka consumer Faust's thread builds asks the broker to hold a fetch
+    FETCH_MAX_WAIT_MS at most, and aiokafka's fetcher, made at start, uses that."""
+
+    async def run() -> tuple[int, int]:
+        app = faust.App(
+            "short-fetch-test", broker=f"kafka://{kafka_bootstrap}", datadir=str(tmp_path)
+        )
+        use_eager_delivery(app)
+        thread = app.consumer._thread
+        assert isinstance(thread, ShortFetchConsumerThread)
+        client = thread._create_worker_consumer(app.transport)
+        built = client._fetch_max_wait_ms
+        await client.start()
+        try:
+            return built, client._fetcher._fetch_max_wait_ms
+        finally:
+            await client.stop()
+
+    assert asyncio.run(run()) == (FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_MS)
+    assert FETCH_MAX_WAIT_MS < 1_500  # Faust's own: the reason for the subclass
+
+
+def test_faust_builds_its_thread_and_aiokafka_consumer_where_the_module_hooks_in():
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ThreadDelegateConsumer
+
+    source = " ".join(inspect.getsource(AIOKafkaConsumerThread._create_consumer).split())
+    assert "return self._create_worker_consumer(transport)" in source
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(
+        AIOKafkaConsumerThread._create_worker_consumer
+    )
+    assert "self._new_consumer_thread()" in inspect.getsource(ThreadDelegateConsumer.__init__)
