@@ -37,11 +37,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import numpy as np
 import orjson
 from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -317,18 +319,34 @@ async def latency(
 async def produce_paced(
     settings: KafkaSettings, topic: str, source: ClickSource, rate: float, n: int
 ):
-    """Clicks stamped with their send time, at `rate` per second (in small bursts of 5 ms)."""
+    """Clicks stamped with their send time, at `rate` per second (in small bursts of 5 ms).
+
+    Each burst goes out as one record batch per partition (keyed, partitioned as `send`
+    would), not a `send` per click: the generator shares the machine with the worker, and
+    a send per click cost it about 0.2 of a CPU at 4,500 clicks/s.
+    """
     client = producer(settings, linger_ms=1)
     await client.start()
     try:
+        partitions = sorted(await client.partitions_for(topic))
+        partition_of = DefaultPartitioner()
         started = time.monotonic()
         sent = 0
         while sent < n:
             due = min(n, int((time.monotonic() - started) * rate) + 1)
+            batches: dict[int, Any] = {}
             while sent < due:
                 key, value = source.message(int(time.time() * 1000))
-                await client.send(topic, value, key=key)
+                partition = partition_of(key, partitions, partitions)
+                batch = batches.get(partition)
+                if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
+                    if batch is not None:  # full: send it, start another
+                        await client.send_batch(batch, topic, partition=partition)
+                    batch = batches[partition] = client.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
                 sent += 1
+            for partition, batch in batches.items():
+                await client.send_batch(batch, topic, partition=partition)
             await asyncio.sleep(0.005)
         await client.flush()
     finally:
