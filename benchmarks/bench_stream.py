@@ -13,10 +13,11 @@ worker goes past it: it takes its batches and fetches without Faust's per-event 
 1.5 s fetch wait, see stream_app/intake.py and stream_app/consumer.py):
   throughput  a backlog of clicks is written first, then a fresh worker drains it; the rate is
               (answers - 1) / (last answer - first answer), i.e. without start-up time
-  latency     clicks are produced at a steady 50% and 90% of the measured throughput; each
-              click carries its send time as its timestamp, and the latency is the time the
-              answer is read back from `recommendations` minus that (click -> producer ->
-              broker -> worker -> broker -> consumer); the first 10% of each run is warm-up
+  latency     clicks are produced at a steady 50% and 90% of the measured throughput, and at
+              each rate of --rates; each click carries its send time as its timestamp, and
+              the latency is the time the answer is read back from `recommendations` minus
+              that (click -> producer -> broker -> worker -> broker -> consumer); the first
+              10% of each run is warm-up
 Every figure is the median over --runs runs (fresh topics, consumer group and data dir each).
 Model: synthetic weights at the ML-1M catalogue size (3,706 items, embedding 64, GRU 128), or
 with --catalogue diginetica at Diginetica's (43,097 items, shared embedding, GRU 100).
@@ -388,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="per latency run")
     parser.add_argument("--catalogue", choices=sorted(CATALOGUES), default="ml-1m")
     parser.add_argument(
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",") if r],
+        default=[],
+        metavar="R1,R2",
+        help="also the micro-batched worker's latency at these click rates (e.g. 2500,3700)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="only the micro-batched worker's and the floor's throughput (no naive, no latency)",
@@ -452,23 +460,26 @@ def main(argv: list[str] | None = None) -> int:
             print("| load | clicks/s | p50 ms | p95 ms | p99 ms | answers/s |")
             print("| --- | ---: | ---: | ---: | ---: | ---: |")
             paced = {}
-            for share in () if args.quick else (0.5, 0.9):
-                rate = best * share
+            loads = [] if args.quick else [(f"{s:.0%}", best * s) for s in (0.5, 0.9)]
+            if not (args.quick or naive):
+                loads += [("fixed", float(rate)) for rate in args.rates]
+            for label, rate in loads:
                 lat = [
                     asyncio.run(latency(settings, model, tmp, naive, rate, args.seconds, n_items))
                     for _ in range(args.runs)
                 ]
                 p50, p95, p99, achieved = (statistics.median(x[i] for x in lat) for i in range(4))
-                paced[share] = [x[4] for x in lat]
+                if label != "fixed":
+                    paced[label] = [x[4] for x in lat]
                 print(
-                    f"| {share:.0%} | {rate:,.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | "
+                    f"| {label} | {rate:,.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | "
                     f"{achieved:,.0f} |",
                     flush=True,
                 )
-            for share, profiles in paced.items():
+            for label, profiles in paced.items():
                 # The same steps with clicks paced, the benchmark's producer and reader
                 # running beside the worker (compare with the backlog's profile above).
-                print(f"\nsteps at {share:.0%} load:")
+                print(f"\nsteps at {label} load:")
                 print_profile(profiles)
         floor = [
             asyncio.run(throughput(settings, model, tmp, False, args.events, n_items, True))
