@@ -53,8 +53,9 @@ class SeekBeforeFlowRecovery(Recovery):
         uncommitted = [tp for tp in streams if not committed.get(tp)]
         if uncommitted:
             first = await consumer.earliest_offsets(*uncommitted)
-            for tp in uncommitted:
-                await consumer.seek(tp, first[tp])
+            # In the consumer's thread, as Faust's own recovery seeks: `consumer.seek` would
+            # call the aiokafka consumer, which lives in that thread's loop, from this one.
+            await consumer.seek_wait({tp: first[tp] for tp in uncommitted})
 
 
 class SafeTableManager(TableManager):

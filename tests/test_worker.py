@@ -327,3 +327,26 @@ def test_idle_sessions_expire_from_the_table_and_its_changelog(tmp_path, kafka_b
         latest.setdefault(record.key, []).append(record.value)
     assert latest[b"idle-b"][-1] is None  # a tombstone: compaction will drop the session
     assert latest[b"idle-a"][-2] is None and latest[b"idle-a"][-1] is not None
+
+
+def test_the_worker_runs_under_asyncio_debug_mode(tmp_path, kafka_bootstrap):
+    """asyncio's debug mode refuses calls made into another thread's event loop, as a call
+    from the worker's loop into the aiokafka consumer (in Faust's consumer thread) would be:
+    the end of recovery seeks in that thread (stream_app/recovery.py)."""
+    artifact = write_random_artifact(tmp_path / "v1", version="v1", n_items=50)
+    names = Names.fresh()
+    worker = WorkerProcess(
+        worker_args(kafka_bootstrap, names, tmp_path / "data", "--model", str(artifact)),
+        tmp_path / "debug.log",
+    )
+    worker.env = {"PYTHONASYNCIODEBUG": "1"}
+    worker.start()
+    try:
+        worker.wait_ready()
+        clicks = [(f"debug-{s}", "i3", T0 + s) for s in range(4)]
+        produce(kafka_bootstrap, names.clicks, [click_message(*c) for c in clicks])
+        got = recommendations(kafka_bootstrap, names.recs, len(clicks))
+        assert sorted(r.session_id for _, r in got) == [c[0] for c in clicks]
+    finally:
+        worker.stop()
+    assert "Non-thread-safe operation" not in worker.tail(400)
