@@ -23,8 +23,8 @@ from stream_app.runtime import WorkerRuntime
 from stream_app.session_store import SessionStore
 from stream_app.views import register_views
 
-# Clicks the agent's queue holds (see stream_buffer_maxsize below): 40% of it is over 1.5 s of
-# clicks at the fastest rate measured for one worker (~8,000/s).
+# Clicks the agent's queue holds (see stream_buffer_maxsize below): 40% of it is over a second
+# of clicks at the fastest rate measured for one worker (~11,000/s on a backlog).
 STREAM_BUFFER_MAXSIZE = 32_768
 
 
@@ -60,9 +60,10 @@ def create_app(config: WorkerConfig) -> tuple[faust.App, WorkerRuntime]:
     )
     use_eager_delivery(app)  # see stream_app/consumer.py
     runtime = WorkerRuntime(config, app)
-    # Table writes queue their changelog messages in Faust's producer buffer, and the
-    # consumer stalls while it holds more than 100 (polling every 0.1 s); one micro-batch
-    # alone queues up to batch_max, so let a few batches' worth wait instead.
+    # Expired sessions are deleted through the table, which queues a changelog tombstone
+    # per key in Faust's producer buffer (a batch's own writes bypass it, see
+    # stream_app/session_store.py), and the consumer stalls while the buffer holds more
+    # than 100 (polling every 0.1 s): let a few batches' worth wait instead.
     app.producer.buffer.max_messages = 8 * max(config.batch_max, 64)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     clicks = app.topic(config.clicks_topic, **raw)

@@ -84,7 +84,7 @@ def test_queued_events_come_in_order_in_batches_of_at_most_max(tmp_path):
 def test_events_arriving_within_the_wait_join_the_batch(tmp_path):
     async def run():
         h = Harness(tmp_path)
-        gen = take_batches(h.stream, 3, 0.5)
+        gen = take_batches(h.stream, 2, 30.0)  # full at 2: no 30 s wait
         first = await h.start(gen)
         queue = h.channel().queue
         queue.put_nowait(h.event(0))
