@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-ttl", default="30m", help="inactivity before a session ends")
     p.add_argument("--cleanup-interval", default="60s", help="how often expired sessions go")
     p.add_argument("--history", type=int, default=50, help="items kept per session")
+    p.add_argument(
+        "--session-cache",
+        type=int,
+        default=100_000,
+        help="sessions kept decoded in memory in front of the table (0: none)",
+    )
     p.add_argument("--batch-max", type=int, default=256, help="clicks per micro-batch")
     p.add_argument("--batch-wait", default="10ms", help="longest wait to fill a micro-batch")
     p.add_argument(
@@ -170,6 +176,7 @@ def config_from_args(args: argparse.Namespace):  # -> WorkerConfig (imported lat
         registry=args.registry,
         core=core,
         batch_max=args.batch_max,
+        session_cache=args.session_cache,
         batch_within_s=parse_duration(args.batch_wait),
         naive=args.naive,
         cleanup_interval_s=parse_duration(args.cleanup_interval),

@@ -204,7 +204,9 @@ def answer_batch(
             result.answers.append((click, rec))
             if row < len(accepted):
                 session = work[click.event.session_id]
-                session.hidden = states[row]
+                # A copy: a view would keep the whole batch's states alive as long as the
+                # session is cached (stream_app/session_cache.py).
+                session.hidden = states[row].copy()
                 session.model_version = version
                 session.last_recommendation = rec
                 result.sessions[click.event.session_id] = session

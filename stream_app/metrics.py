@@ -79,6 +79,11 @@ class WorkerMetrics:
         self.sessions_expired = Counter(
             "gru4stream_sessions_expired", "Sessions deleted after inactivity", registry=r
         )
+        self.session_cache_hits = Counter(
+            "gru4stream_session_cache_hits",
+            "Sessions a batch found decoded in memory, not read from the table",
+            registry=r,
+        )
         self.sessions_recomputed = Counter(
             "gru4stream_sessions_recomputed",
             "Session states rebuilt from history (after a model swap)",

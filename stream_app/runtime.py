@@ -36,6 +36,7 @@ from stream_app.delivery import STALLED_AFTER_S, AckGate, record_fits
 from stream_app.expiry import EventClock
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_updates import ModelHolder, ModelUpdateFollower, SwapRecord
+from stream_app.session_cache import SessionCache
 from stream_app.sessions import SessionDecodeError, SessionState, peek
 from stream_app.trust import trust_policy
 
@@ -96,6 +97,7 @@ class WorkerRuntime:
         self.follower.trust = trust_policy(config.registry, config.model_key_file)
         self.sessions: Any = None  # the faust Table, set by the app factory
         self.store: Any = None  # its SessionStore (batch reads and writes), set with it
+        self.cache = SessionCache(config.session_cache)  # in front of the store
         self.clock = EventClock()  # per-partition event time, for expiry
         self.started_at = time.time()
         # Why the worker stopped (a fault that is not one click's); /health answers 503.
@@ -171,9 +173,13 @@ class WorkerRuntime:
     def read_sessions(self, clicks: Sequence[Click]) -> dict[str, SessionState | None]:
         """The stored state of each session of the batch (None: new or unreadable)."""
         wanted = {click.event.session_id: click.partition for click in clicks}
-        raw = self.store.read((p, sid.encode()) for sid, p in wanted.items())
-        stored: dict[str, SessionState | None] = {}
-        for sid in wanted:
+        stored: dict[str, SessionState | None] = dict(
+            self.cache.lookup(self.app.consumer_generation_id, wanted)
+        )
+        self.metrics.session_cache_hits.inc(len(stored))
+        missing = [sid for sid in wanted if sid not in stored]
+        raw = self.store.read((wanted[sid], sid.encode()) for sid in missing)
+        for sid in missing:
             value = raw[sid.encode()]
             try:
                 stored[sid] = None if value is None else SessionState.decode(value)
@@ -222,6 +228,11 @@ class WorkerRuntime:
             if session.last_event_ms > newest.get(session.partition, -1):
                 newest[session.partition] = session.last_event_ms
         written = await self.store.write(records, self._producer())
+        for sid, session in result.sessions.items():
+            if sid in too_big:
+                self.cache.evict(sid)  # advanced in place by the core, but not written
+            else:
+                self.cache.store(sid, session)
         if too_big:
             self._reject_sessions(result, too_big)
         # Only now, with the batch in the table, may the expiry clock pass its clicks.
@@ -388,6 +399,7 @@ class WorkerRuntime:
                 continue
             with _in_partition(self.config.clicks_topic, seen[1]):
                 del self.sessions[key]
+            self.cache.evict(key.decode())
             expired += 1
         self.metrics.sessions_expired.inc(expired)
         self.metrics.sessions.set(live)

@@ -12,6 +12,7 @@ from stream_app.core import CoreConfig
 from stream_app.expiry import EventClock
 from stream_app.metrics import WorkerMetrics
 from stream_app.runtime import WorkerRuntime
+from stream_app.session_cache import SessionCache
 from stream_app.sessions import SessionState
 
 TTL = 3_000
@@ -76,6 +77,7 @@ def runtime(table: Table, ends: dict[int, int]) -> WorkerRuntime:
     rt.config = WorkerConfig(partitions=3, core=CoreConfig(session_ttl_ms=TTL))
     rt.app = SimpleNamespace(consumer=Consumer(ends))
     rt.sessions = table
+    rt.cache = SessionCache(10)
     rt.clock = EventClock()
     rt.metrics = WorkerMetrics()
     return rt
@@ -111,10 +113,14 @@ def test_an_idle_partition_that_is_caught_up_ends_its_sessions():
     now = int(time.time() * 1000)
     table = Table({b"a": session(2, now - 5_000), b"b": session(2, now - 1_000)})
     rt = runtime(table, ends={2: 8})
+    rt.cache.lookup(0, [])
+    for key, raw in table.items():  # both written by this worker
+        rt.cache.store(key.decode(), SessionState.decode(raw))
     rt.clock.read(2, 7)  # everything the partition holds
     rt.clock.applied(2, event_ms=now - 1_000, wall_ms=now - 1_000)
     assert expire(rt) == (1, 1)
     assert set(table) == {b"b"}
+    assert list(rt.cache.lookup(0, ["a", "b"])) == ["b"]  # the next click of "a" starts over
 
     # Clicks a day old (a replayed archive): idleness counts, not their age.
     day = 86_400_000
