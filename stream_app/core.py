@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from schemas.events import (
     SCHEMA_VERSION,
@@ -73,9 +74,10 @@ class Click:
 
 @dataclass
 class BatchResult:
-    # Recommendations in their wire form (`Recommendation.to_dict()`), built directly: at
-    # K=20 the dataclasses cost more than the GRU step and the search together.
-    answers: list[tuple[Click, dict[str, Any]]] = field(default_factory=list)
+    # Recommendations as record values (`Recommendation.to_dict()` as JSON), built directly:
+    # at K=20 the dataclasses cost more than the GRU step and the search together. The same
+    # bytes are sent and kept as the session's last answer.
+    answers: list[tuple[Click, bytes]] = field(default_factory=list)
     sessions: dict[str, SessionState] = field(default_factory=dict)  # to write back
     rejected: list[tuple[Click, str]] = field(default_factory=list)
     recomputed: int = 0  # sessions rebuilt from history (model swap or missing state)
@@ -84,7 +86,7 @@ class BatchResult:
     restarted: int = 0  # expired sessions that started over
 
     def recommendations(self) -> list[tuple[Click, Recommendation]]:
-        return [(click, Recommendation.from_dict(d)) for click, d in self.answers]
+        return [(click, Recommendation.from_dict(orjson.loads(v))) for click, v in self.answers]
 
 
 def recommendation_dict(
@@ -136,7 +138,7 @@ def answer_batch(
     before: dict[str, tuple[list[str], np.ndarray | None, str | None]] = {}
     accepted: list[tuple[Click, list[str]]] = []  # with the history right after the click
     replays: list[tuple[Click, list[str]]] = []  # redelivered: history up to that click
-    resends: list[tuple[Click, dict]] = []
+    resends: list[tuple[Click, bytes]] = []
 
     for click in clicks:
         sid = click.event.session_id
@@ -156,9 +158,9 @@ def answer_batch(
 
         if click.offset <= session.last_offset:
             result.redelivered += 1
-            last = session.last_recommendation
+            last = session.last_recommendation  # parsed: only a redelivered click gets here
             if last is not None and (last.get("click") or {}).get("offset") == click.offset:
-                resends.append((click, last))
+                resends.append((click, session.last_answer))
             elif click.offset in session.offsets:
                 upto = session.offsets.index(click.offset) + 1
                 replays.append((click, session.items[:upto]))
@@ -200,15 +202,15 @@ def answer_batch(
                 for i, s in zip(top[row].tolist(), top_scores[row].tolist(), strict=True)
                 if i >= 0
             ]
-            rec = recommendation_dict(click, scored, version, produced)
-            result.answers.append((click, rec))
+            value = orjson.dumps(recommendation_dict(click, scored, version, produced))
+            result.answers.append((click, value))
             if row < len(accepted):
                 session = work[click.event.session_id]
                 # A copy: a view would keep the whole batch's states alive as long as the
                 # session is cached (stream_app/session_cache.py).
                 session.hidden = states[row].copy()
                 session.model_version = version
-                session.last_recommendation = rec
+                session.last_answer = value
                 result.sessions[click.event.session_id] = session
     for click, last in resends:
         result.answers.append((click, last))

@@ -22,7 +22,6 @@ from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import faust
-import orjson
 from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
 from faust.types import TP
@@ -274,8 +273,8 @@ class WorkerRuntime:
         now = time.time()
         too_big: list[tuple[Click, str]] = []
         latency = self.metrics.latency_seconds
-        for click, rec in result.answers:
-            key, value = rec["session_id"].encode(), orjson.dumps(rec)
+        for click, value in result.answers:
+            key = click.event.session_id.encode()
             if not record_fits(key, value, limit):
                 reason = f"recommendation: {len(value)} bytes do not fit a record ({limit})"
                 too_big.append((click, reason))

@@ -1,7 +1,9 @@
 """What the `sessions` table keeps per session, and its byte encoding.
 
 A value is: a fixed prefix (JSON length, event time of the last click, partition; little-
-endian), the JSON header, then the GRU hidden state as raw float32 (n_layers * H_max values).
+endian), the JSON header, the GRU hidden state as raw float32 (n_layers * H_max values), then
+the last answer as it was sent (its JSON bytes, kept whole: never parsed or built again on
+the batch path). Values written before the answer moved there hold it in the header ("r").
 The prefix lets the expiry scan read a session's age without decoding it (older values hold
 the wall time of their last update there; decoding reads the header's fields). The header
 holds the recent item history as external ids, so the state can be recomputed under a model
@@ -35,11 +37,16 @@ class SessionState:
     count: int = 0  # accepted clicks over the session's life (history may be shorter)
     model_version: str | None = None  # the version `hidden` was computed with
     hidden: np.ndarray | None = None  # (n_layers, H_max) float32, a cache of the GRU state
-    last_recommendation: dict[str, Any] | None = None  # Recommendation.to_dict()
+    last_answer: bytes | None = None  # the last answer's record value (Recommendation JSON)
 
     @property
     def last_offset(self) -> int:
         return self.offsets[-1] if self.offsets else -1
+
+    @property
+    def last_recommendation(self) -> dict[str, Any] | None:
+        """The last answer, parsed (`Recommendation.to_dict()` form)."""
+        return None if self.last_answer is None else orjson.loads(self.last_answer)
 
     def encode(self) -> bytes:
         hidden = self.hidden
@@ -51,11 +58,12 @@ class SessionState:
             "u": self.touched_ms,
             "v": self.model_version,
             "s": None if hidden is None else list(hidden.shape),
-            "r": self.last_recommendation,
+            "a": self.last_answer is not None,
         }
         meta = orjson.dumps(header)
         body = b"" if hidden is None else np.ascontiguousarray(hidden, np.float32).tobytes()
-        return _PREFIX.pack(len(meta), self.last_event_ms, self.partition) + meta + body
+        prefix = _PREFIX.pack(len(meta), self.last_event_ms, self.partition)
+        return b"".join((prefix, meta, body, self.last_answer or b""))
 
     @classmethod
     def decode(cls, raw: bytes) -> SessionState:
@@ -65,9 +73,17 @@ class SessionState:
             header = orjson.loads(raw[start : start + size])
             shape = header["s"]
             hidden = None
+            end = start + size
             if shape is not None:
-                body = raw[start + size :]
+                body = raw[end : end + 4 * int(np.prod(shape))]
                 hidden = np.frombuffer(body, dtype=np.float32).reshape(shape).copy()
+                end += len(body)
+            if header.get("a"):
+                last_answer = raw[end:]
+            elif header.get("r") is not None:  # written before the answer moved to the end
+                last_answer = orjson.dumps(header["r"])
+            else:
+                last_answer = None
             return cls(
                 partition=partition,
                 items=list(header["i"]),
@@ -77,7 +93,7 @@ class SessionState:
                 count=int(header["n"]),
                 model_version=header["v"],
                 hidden=hidden,
-                last_recommendation=header["r"],
+                last_answer=last_answer,
             )
         except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise SessionDecodeError(f"not a session record: {exc}") from None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
+import orjson
 import pytest
 
 from schemas.artifact import read_artifact
@@ -199,17 +202,33 @@ def test_session_record_round_trip_and_garbage():
         count=2,
         model_version="v9",
         hidden=np.arange(6, dtype=np.float32).reshape(2, 3),
-        last_recommendation={"x": 1},
+        last_answer=b'{"x":1}',
     )
     back = SessionState.decode(state.encode())
     assert back.items == ["a", "b"] and back.offsets == [7, 9] and back.last_offset == 9
     np.testing.assert_array_equal(back.hidden, state.hidden)
-    assert (back.partition, back.model_version, back.last_recommendation) == (3, "v9", {"x": 1})
+    assert (back.partition, back.model_version, back.last_answer) == (3, "v9", b'{"x":1}')
+    assert back.last_recommendation == {"x": 1}
+    fresh = SessionState(partition=1, items=["a"], offsets=[0])  # no state, no answer yet
+    assert SessionState.decode(fresh.encode()) == fresh
     assert back.last_event_ms == 5 and back.touched_ms == 6
     assert peek(state.encode()) == (5, 3)  # last_event_ms, partition, without decoding
     assert peek(b"short") is None
     with pytest.raises(SessionDecodeError):
         SessionState.decode(b"\x05\x00\x00\x00garbage")
+
+
+def test_a_session_written_with_its_answer_in_the_header_still_reads():
+    """Values of the earlier layout, as a table or changelog from before may hold them."""
+    hidden = np.arange(4, dtype=np.float32).reshape(1, 4)
+    header = orjson.dumps(
+        {"i": ["a"], "o": [3], "t": 5, "n": 1, "u": 6, "v": "v1", "s": [1, 4], "r": {"x": 1}}
+    )
+    raw = struct.pack("<Iqi", len(header), 5, 2) + header + hidden.tobytes()
+    back = SessionState.decode(raw)
+    assert (back.partition, back.items, back.offsets, back.model_version) == (2, ["a"], [3], "v1")
+    np.testing.assert_array_equal(back.hidden, hidden)
+    assert back.last_answer == b'{"x":1}' and back.last_recommendation == {"x": 1}
 
 
 @pytest.mark.parametrize(
@@ -231,7 +250,8 @@ def test_wire_form_is_the_recommendation_record(models):
     v1, _ = models
     (result,), _ = run_batches(v1, [[click("a", "i1", 0), click("a", "nope", 1)]])
     for _, wire in result.answers:
-        assert Recommendation.from_dict(wire).to_dict() == wire
+        record = orjson.loads(wire)
+        assert Recommendation.from_dict(record).to_dict() == record
 
 
 def test_load_model_checks_the_announcement(tmp_path):
