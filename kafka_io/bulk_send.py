@@ -20,7 +20,8 @@ What this relies on in aiokafka 0.14 (tests/test_bulk_send.py fails if it change
 - `MessageBatch.future` resolves with the batch's `RecordMetadata` (offset: the first
   record's) when the broker acknowledges it, and fails with the batch's error otherwise;
 - `producer._partition(...)` applies the producer's partitioner, so keys land where `send`
-  would put them.
+  would put them; with aiokafka's `DefaultPartitioner` (`producer._partitioner`, given the
+  topic's partitions from `producer.client.cluster`) a key's partition is remembered.
 """
 
 from __future__ import annotations
@@ -32,10 +33,37 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerClosed
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 
 # (topic, partition or None for the producer's partitioner, key, value)
 Record = tuple[str, int | None, bytes | None, bytes]
+
+
+# (key, the topic's partitions) -> the default partitioner's choice. Its murmur2 is pure
+# Python, ~2.5 µs a key, and a worker sends an answer keyed by session id per click.
+_keyed: dict[tuple[bytes, tuple[int, ...]], int] = {}
+_KEYED_MAX = 100_000
+
+
+def _partition(
+    producer: AIOKafkaProducer,
+    topic: str,
+    key: bytes | None,
+    value: bytes,
+    partitions: tuple[int, ...],
+) -> int:
+    """Where `send` would put a record without a partition."""
+    if key is None or type(producer._partitioner) is not DefaultPartitioner:
+        return producer._partition(topic, None, key, value, key, value)
+    memo = (key, partitions)
+    partition = _keyed.get(memo)
+    if partition is None:
+        if len(_keyed) >= _KEYED_MAX:
+            _keyed.clear()
+        # A keyed record's partition depends on its key and the topic's partitions only.
+        partition = _keyed[memo] = producer._partitioner(key, list(partitions), [])
+    return partition
 
 
 @dataclass(slots=True)
@@ -60,16 +88,16 @@ async def append_records(producer: AIOKafkaProducer, records: Iterable[Record]) 
     """
     accumulator = producer._message_accumulator
     timeout_s = producer._request_timeout_ms / 1000
-    with_metadata: set[str] = set()
     # id(batch.future) -> the batch's run, in the order the runs began. Keyed by the future,
     # which the run keeps alive, so no later batch can reuse the id within this call.
     runs: dict[int, Delivery] = {}
+    partitions: dict[str, tuple[int, ...]] = {}
     for topic, partition, key, value in records:
-        if topic not in with_metadata:
+        if topic not in partitions:
             await producer.client._wait_on_metadata(topic)
-            with_metadata.add(topic)
+            partitions[topic] = tuple(producer.client.cluster.partitions_for_topic(topic))
         if partition is None:
-            partition = producer._partition(topic, None, key, value, key, value)
+            partition = _partition(producer, topic, key, value, partitions[topic])
         tp = TopicPartition(topic, partition)
         if accumulator._closed:
             raise ProducerClosed()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from itertools import chain, repeat
 
 import faiss
 import numpy as np
@@ -131,9 +132,9 @@ class ServingModel:
 
         One pass over all ids of a batch (the worker's seen items), not one per row.
         """
-        get = self._index_of.get
-        flat = np.array([get(i, -1) for row in rows for i in row], dtype=np.int64)
-        lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        ids = chain.from_iterable(rows)
+        flat = np.fromiter(map(self._index_of.get, ids, repeat(-1)), np.int64, int(lengths.sum()))
         out = np.full((len(rows), max(int(lengths.max(initial=0)), 1)), -1, dtype=np.int64)
         # Row r's ids go to columns 0..len_r-1: column = position - start of its row.
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)

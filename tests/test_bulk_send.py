@@ -63,6 +63,32 @@ def test_records_land_in_order_where_send_would_put_them(kafka_bootstrap):
     assert last == {p: max(r.offset for r in got if r.partition == p) for p in last}
 
 
+def test_a_remembered_key_partition_follows_the_topics_partition_count(kafka_bootstrap):
+    """The same keys on topics of 3 and 5 partitions go where `send` puts each of them."""
+    topics = {unique_topic("keys-3"): 3, unique_topic("keys-5"): 5}
+    for topic, count in topics.items():
+        create_topic(kafka_bootstrap, topic, count)
+    keys = [f"session-{i}".encode() for i in range(40)]
+
+    async def body(client):
+        placed = {}
+        for topic in topics:
+            for _ in range(2):  # the second pass reads the remembered partitions
+                for key in keys:
+                    sent = await append_records(client, [(topic, None, key, b"v")])
+                    placed[topic, key] = sent[0].tp.partition
+        reference = {}
+        for topic in topics:
+            for key in keys:
+                metadata = await (await client.send(topic, b"v", key=key))
+                reference[topic, key] = metadata.partition
+        return placed, reference
+
+    placed, reference = run_producer(kafka_bootstrap, body)
+    assert placed == reference
+    assert len({placed[t, k] for t in topics for k in keys}) == 5  # both counts were used
+
+
 def test_full_batches_go_out_and_the_rest_follows_in_order(kafka_bootstrap):
     topic = unique_topic("bulk-full")
     create_topic(kafka_bootstrap, topic, 1)
