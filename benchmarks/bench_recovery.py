@@ -47,6 +47,7 @@ from kafka_io.cli import (  # noqa: E402
 from kafka_io.clients import consumer, producer  # noqa: E402
 from kafka_io.errors import KafkaSetupError, check_connection  # noqa: E402
 from kafka_io.settings import KafkaConfigError, KafkaSettings, write_properties  # noqa: E402
+from kafka_io.topics import delete_topics_with_prefix  # noqa: E402
 from stream_app.harness import WorkerProcess  # noqa: E402
 from stream_app.synthetic import write_random_artifact  # noqa: E402
 
@@ -196,6 +197,7 @@ async def one_run(opts: argparse.Namespace, model: Path, tmp: Path, scenario: st
         stop_reader.set()
         for w in [victim, *others]:
             w.stop()
+        await delete_topics_with_prefix(opts.kafka, tag)  # see bench_stream.py
     first = min(at for p, at in traffic.answers if p in killed and at > kill_ms)
     backlog = [(p, o) for p, o, ts in traffic.sent if p in killed and ts <= first]
     caught_up = max(traffic.answered[c] for c in backlog)

@@ -18,7 +18,9 @@ worker goes past it: it takes its batches and fetches without Faust's per-event 
               the latency is the time the answer is read back from `recommendations` minus
               that (click -> producer -> broker -> worker -> broker -> consumer); the first
               10% of each run is warm-up
-Every figure is the median over --runs runs (fresh topics, consumer group and data dir each).
+Every figure is the median over --runs runs (fresh topics, consumer group and data dir each;
+the topics are deleted after each run: a broker left with thousands of partitions spends
+about a second of CPU every 5 s on its checkpoints, which showed up as latency spikes).
 Model: synthetic weights at the ML-1M catalogue size (3,706 items, embedding 64, GRU 128), or
 with --catalogue diginetica at Diginetica's (43,097 items, shared embedding, GRU 100).
 The broker, the producer and the consumer share the machine with the worker, so the worker's
@@ -58,6 +60,7 @@ from kafka_io.clients import consumer, faust_options, producer  # noqa: E402
 from kafka_io.errors import KafkaSetupError, check_connection  # noqa: E402
 from kafka_io.settings import KafkaConfigError, KafkaSettings, write_properties  # noqa: E402
 from kafka_io.topics import create_topics as create  # noqa: E402
+from kafka_io.topics import delete_topics_with_prefix  # noqa: E402
 from schemas.topics import CLICKS, RECOMMENDATIONS, spec_named  # noqa: E402
 from stream_app.harness import WorkerProcess, produce_clicks  # noqa: E402
 from stream_app.metrics import STAGES  # noqa: E402
@@ -247,6 +250,7 @@ async def throughput(
         profile = {} if floor else await asyncio.to_thread(stage_profile, worker, events)
     finally:
         worker.stop()
+        await delete_topics_with_prefix(settings, run.tag)
     if len(answers) < events:
         raise RuntimeError(f"{run.tag}: only {len(answers)}/{events} answers: {worker.tail()}")
     first, last = answers[0][0], answers[-1][0]
@@ -309,6 +313,7 @@ async def latency(
         profile = await asyncio.to_thread(stage_profile, worker, events)
     finally:
         worker.stop()
+        await delete_topics_with_prefix(settings, run.tag)
     answers.sort(key=lambda a: a[1])
     steady = answers[len(answers) // 10 :]
     lat = np.array([(recv * 1000 - ts) for recv, ts in steady])

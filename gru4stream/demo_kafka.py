@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from kafka_io.errors import check_connection
 from kafka_io.settings import KafkaSettings
-from stream_app.replay_live import delete_topics_with_prefix
+from kafka_io.topics import delete_topics_with_prefix
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 

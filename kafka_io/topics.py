@@ -170,3 +170,24 @@ async def delete_topics(
         await client.delete_topics(list(names), timeout_ms=int(timeout_s * 1000))
     finally:
         await client.close()
+
+
+async def list_topics(settings: KafkaSettings) -> list[str]:
+    client = admin(settings)
+    await client.start()
+    try:
+        return list(await client.list_topics())
+    finally:
+        await client.close()
+
+
+async def delete_topics_with_prefix(settings: KafkaSettings, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with `prefix`; the names deleted.
+
+    A run's own topics and the ones its workers made (Faust's changelog and assignor topics
+    carry the app id as their prefix).
+    """
+    names = [t for t in await list_topics(settings) if t.startswith(prefix)]
+    if names:
+        await delete_topics(settings, names)
+    return names

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kafka_io.clients import admin, consumer
+from kafka_io.clients import consumer
 from kafka_io.send import send_messages
 from kafka_io.settings import KafkaSettings, write_properties
+from kafka_io.topics import delete_topics_with_prefix
 from schemas.events import ClickEvent, Recommendation, decode_recommendation, encode_click
 from schemas.metrics import MetricAccumulator
 from stream_app.harness import WorkerProcess
@@ -159,18 +160,6 @@ def live_metrics(
             assert s.accumulator is not None
             s.accumulator.add([rank])
     return dict(sorted(stats.items()))
-
-
-async def delete_topics_with_prefix(kafka: KafkaSettings, prefix: str) -> None:
-    """Remove a run's topics, the worker's changelog topics (same prefix) included."""
-    client = admin(kafka)
-    await client.start()
-    try:
-        names = [t for t in await client.list_topics() if t.startswith(prefix)]
-        if names:
-            await client.delete_topics(names)
-    finally:
-        await client.close()
 
 
 @dataclass

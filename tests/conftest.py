@@ -13,6 +13,8 @@ and group ids (`tests.kafka_util.unique_topic`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ import pytest
 from deploy.kafka.broker import BrokerConfig, BrokerError, free_port, probe, start, stop
 from deploy.kafka.secure import SUPER_USER
 from kafka_io import KafkaSettings, load_settings
+from kafka_io.topics import delete_topics, list_topics
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +44,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.kafka)
 
 
+@contextlib.contextmanager
+def topics_left_as_found(bootstrap: str) -> Iterator[None]:
+    """Delete the topics a session made on a broker that outlives it.
+
+    Every test makes topics of its own; a development broker that kept them all would
+    carry thousands of partitions after a few runs, and spend seconds of CPU on each
+    periodic checkpoint over them, which slows every later test and benchmark.
+    """
+    settings = load_settings(overrides={"bootstrap.servers": bootstrap})
+    before = set(asyncio.run(list_topics(settings)))
+    try:
+        yield
+    finally:
+        try:
+            made = {t for t in asyncio.run(list_topics(settings)) if not t.startswith("__")}
+            made -= before  # the broker's own (__consumer_offsets) may appear: never those
+            if made:
+                asyncio.run(delete_topics(settings, sorted(made), timeout_s=60))
+        except Exception as exc:  # noqa: BLE001 - leftovers slow the broker, they break nothing
+            log.warning("could not delete this session's topics: %s", exc)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`host:port` of a running Kafka broker for the whole test session."""
     env = os.environ.get("GRU4STREAM_BOOTSTRAP")
     if env:
         if probe(env, timeout=5.0):
-            yield env
+            with topics_left_as_found(env):
+                yield env
             return
         log.warning("GRU4STREAM_BOOTSTRAP=%s does not answer; looking elsewhere", env)
     if probe(DEFAULT_BOOTSTRAP):
-        yield DEFAULT_BOOTSTRAP
+        with topics_left_as_found(DEFAULT_BOOTSTRAP):
+            yield DEFAULT_BOOTSTRAP
         return
     config = BrokerConfig(
         port=free_port(),
