@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         "config's max_history, 0 = whole sequences)",
     )
     parser.add_argument("--eval-batch-size", type=int, default=256)
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="window mode: save the training state to FILE after every epoch; if FILE "
+        "exists, go on from it (the same preset, overrides and data; --epochs may grow)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     parser.add_argument(
         "--nproc",
@@ -92,6 +100,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def _train(argv: list[str]) -> int:
     from batch_training import distributed
+    from batch_training.checkpoint import CheckpointError
     from batch_training.config import ConfigError, apply_overrides, load_preset
     from batch_training.curves import plot_history
     from batch_training.pipeline import PipelineOptions, TrainingPipeline, run_pipeline
@@ -118,6 +127,8 @@ def _train(argv: list[str]) -> int:
         config = apply_overrides(config, args.overrides)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+    if args.checkpoint is not None and config.mode != "window":
+        raise CliError(f"--checkpoint: resumes the history-window mode only ({args.preset} is not)")
 
     t_load = time.perf_counter()
     split = load_data(args)
@@ -138,6 +149,7 @@ def _train(argv: list[str]) -> int:
         history_window=window,
         validate=not args.no_validation,
         eval_batch_size=args.eval_batch_size,
+        checkpoint=args.checkpoint,
     )
     # What early stopping maximised: validation recall@20, or NDCG@5 in window mode.
     valid_metric = TrainingPipeline(split, config, options).valid_metric
@@ -159,15 +171,18 @@ def _train(argv: list[str]) -> int:
             metrics[f"valid_{valid_metric}"] = trained.best_valid
         return metrics
 
-    trained, version, artifact_dir = run_pipeline(
-        split,
-        config,
-        options,
-        args.out / RUN_MODEL_DIR,
-        version=version,
-        training_data=training_data,
-        metrics=model_metrics,
-    )
+    try:
+        trained, version, artifact_dir = run_pipeline(
+            split,
+            config,
+            options,
+            args.out / RUN_MODEL_DIR,
+            version=version,
+            training_data=training_data,
+            metrics=model_metrics,
+        )
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
     result, test, best_valid = trained.result, trained.test.timed(), trained.best_valid
     plot_history(result.history, args.out / "training.png")
     write_json(

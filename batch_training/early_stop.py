@@ -9,6 +9,7 @@ the last epoch's own.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -38,3 +39,10 @@ class BestEpoch:
         """Load the best epoch's weights into model, unless they are already there."""
         if self._state is not None and self.epoch != last_epoch:
             model.load_state_dict(self._state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it (batch_training/checkpoint.py)."""
+        return {"metric": self.metric, "epoch": self.epoch, "weights": self._state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.metric, self.epoch, self._state = state["metric"], state["epoch"], state["weights"]

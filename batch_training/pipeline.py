@@ -70,6 +70,7 @@ class PipelineOptions:
     history_window: int = 0  # evaluate with at most this many clicks before a target; 0 = all
     validate: bool = False  # early stopping on the split's validation set, when it has one
     eval_batch_size: int = 256
+    checkpoint: Path | None = None  # window mode: saved after every epoch, resumed if there
 
     @property
     def show_eval_progress(self) -> bool:
@@ -187,8 +188,11 @@ class TrainingPipeline:
                 validate=self._validator(),
                 device=self.options.device,
                 progress=self.options.progress,
+                checkpoint=self.options.checkpoint,
             )
             return result, time.perf_counter() - t0
+        if self.options.checkpoint is not None:
+            raise ValueError("a checkpoint resumes the history-window mode only (mode='window')")
         result = train(
             self.split.train,
             self.config,

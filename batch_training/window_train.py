@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from batch_training import checkpoint as checkpoint_io
+from batch_training.checkpoint import fingerprint
 from batch_training.config import TrainConfig
 from batch_training.early_stop import BestEpoch
 from batch_training.model import GRU4Rec
@@ -144,6 +147,60 @@ def _epoch(
     return loss_sum / max(len(order), 1)
 
 
+class _Resumable:
+    """Saves the run after each epoch to `path` and resumes from it (None: neither)."""
+
+    def __init__(self, path: Path | None, expected: dict[str, Any]) -> None:
+        self.path = path
+        self.expected = expected
+
+    def resume(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        rng: np.random.Generator,
+        best: BestEpoch,
+        dev: torch.device,
+    ) -> list[dict[str, Any]]:
+        """Load the saved state into these objects; the saved history ([] if none)."""
+        if self.path is None or not self.path.exists():
+            return []
+        state = checkpoint_io.load(self.path, self.expected)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        best.load_state_dict(state["best"])
+        history = state["history"]
+        log.info("resuming from %s after epoch %d", self.path, history[-1]["epoch"])
+        return history
+
+    def save(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        rng: np.random.Generator,
+        best: BestEpoch,
+        history: list[dict[str, Any]],
+    ) -> None:
+        if self.path is None:
+            return
+        cuda = next(model.parameters()).is_cuda
+        state = {
+            "fingerprint": self.expected,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
+            "best": best.state_dict(),
+            "history": history,
+        }
+        checkpoint_io.save(self.path, state)
+
+
 def train_windows(
     train_data: Sessions,
     config: TrainConfig,
@@ -152,10 +209,14 @@ def train_windows(
     validate: Callable[[GRU4Rec], float] | None = None,
     device: str = "auto",
     progress: bool = True,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train in the history-window mode; `validate(model)` (higher is better) is called on the
     folded GRU4Rec after every epoch and drives early stopping. Returns the best validated
-    epoch's model (the last epoch's without `validate`), folded, in eval mode."""
+    epoch's model (the last epoch's without `validate`), folded, in eval mode.
+
+    checkpoint: a file the run's state is saved to after every epoch; if it exists, the run
+    goes on from it (batch_training/checkpoint.py)."""
     if config.mode != "window":
         raise ValueError(f"train_windows needs mode='window', got {config.mode!r}")
     dev = resolve_device(device)
@@ -165,13 +226,17 @@ def train_windows(
     drawer = NegativeDrawer(train_data.items, train_data.offsets, n_items)
     rng = np.random.default_rng(config.seed)
     rng_devices = [torch.cuda.current_device()] if dev.type == "cuda" else []
-    history: list[dict[str, Any]] = []
     best = BestEpoch(config.patience, validated=validate is not None)
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
         model = WindowGRU4Rec(n_items, config.embedding, config.layers[0]).to(dev)
         optimizer = _optimizer(model, config)
-        for epoch in range(1, config.n_epochs + 1):
+        run = _Resumable(checkpoint, fingerprint(config, n_items, train_data.items))
+        history = run.resume(model, optimizer, rng, best, dev)
+        first = history[-1]["epoch"] + 1 if history else 1
+        if history and best.should_stop(history[-1]["epoch"]):
+            first = config.n_epochs + 1  # it had stopped early: nothing left to train
+        for epoch in range(first, config.n_epochs + 1):
             model.train()
             t0 = time.perf_counter()
             negatives = drawer.draw(windows.users, config.n_sample, rng)  # (n_examples, n_sample)
@@ -198,6 +263,7 @@ def train_windows(
                 entry["valid_seconds"] = time.perf_counter() - t_valid
             best.record(epoch, entry["valid"], model)
             history.append(entry)
+            run.save(model, optimizer, rng, best, history)
             log.info(
                 "epoch %d: loss %.5f, %.0f examples/s, %.1fs, valid %s",
                 epoch,
