@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--session-cache",
         type=int,
-        default=100_000,
-        help="sessions kept decoded in memory in front of the table (0: none)",
+        default=20_000,
+        help="sessions kept decoded in memory in front of the table, ~7 KB each (0: none)",
     )
     p.add_argument("--batch-max", type=int, default=256, help="clicks per micro-batch")
     p.add_argument("--batch-wait", default="10ms", help="longest wait to fill a micro-batch")
@@ -164,6 +164,8 @@ def config_from_args(args: argparse.Namespace):  # -> WorkerConfig (imported lat
     heartbeat_s = parse_duration(args.heartbeat_interval)
     if not 0 < heartbeat_s < session_timeout_s:
         raise ValueError("--heartbeat-interval must be shorter than --broker-session-timeout")
+    if args.session_cache < 0:
+        raise ValueError(f"--session-cache must be >= 0 (0: none), got {args.session_cache}")
     return WorkerConfig(
         app_id=args.app_id,
         kafka=settings_from_args(args),

@@ -28,7 +28,9 @@ class WorkerConfig:
     # The naive baseline for benchmarks: one click at a time, full scoring.
     naive: bool = False
     cleanup_interval_s: float = 60.0  # how often expired sessions are deleted
-    session_cache: int = 100_000  # sessions kept decoded in memory (stream_app/session_cache.py)
+    # Sessions kept decoded in memory (stream_app/session_cache.py): ~7 KB each with a full
+    # 50-item history, so ~140 MB at most.
+    session_cache: int = 20_000
     web_port: int = 6066
     web_bind: str = "127.0.0.1"  # --web-host: private unless told (0.0.0.0 in containers)
     web_host: str = "127.0.0.1"  # Faust's name for its own URL, not the bind address

@@ -345,6 +345,11 @@ def test_worker_options_are_checked():
     assert config.producer_linger_s == 0.0
     lingering = config_from_args(build_parser().parse_args(["--producer-linger", "5ms"]))
     assert lingering.producer_linger_s == 0.005
+    # A bounded cache of decoded sessions in front of the table, or none.
+    assert config.session_cache == 20_000
+    assert config_from_args(build_parser().parse_args(["--session-cache", "0"])).session_cache == 0
+    with pytest.raises(ValueError, match="--session-cache must be >= 0"):
+        config_from_args(build_parser().parse_args(["--session-cache", "-1"]))
     # One BLAS product and a top-k pass by default; FAISS on request.
     assert config.serving_options()["exact_search"] == "blas"
     flat = config_from_args(build_parser().parse_args(["--exact-search", "faiss"]))
