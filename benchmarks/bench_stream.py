@@ -20,7 +20,7 @@ worker goes past it: it takes its batches and fetches without Faust's per-event 
               10% of each run is warm-up
 Every figure is the median over --runs runs (fresh topics, consumer group and data dir each;
 the topics are deleted after each run: a broker left with thousands of partitions spends
-about a second of CPU every 5 s on its checkpoints, which showed up as latency spikes).
+about a second of CPU every 5 s on periodic work over them, seen as latency spikes).
 Model: synthetic weights at the ML-1M catalogue size (3,706 items, embedding 64, GRU 128), or
 with --catalogue diginetica at Diginetica's (43,097 items, shared embedding, GRU 100).
 The broker, the producer and the consumer share the machine with the worker, so the worker's

@@ -49,8 +49,8 @@ def topics_left_as_found(bootstrap: str) -> Iterator[None]:
     """Delete the topics a session made on a broker that outlives it.
 
     Every test makes topics of its own; a development broker that kept them all would
-    carry thousands of partitions after a few runs, and spend seconds of CPU on each
-    periodic checkpoint over them, which slows every later test and benchmark.
+    carry thousands of partitions after a few runs, and spend about a second of CPU every
+    5 s on periodic work over them, which slows every later test and benchmark.
     """
     settings = load_settings(overrides={"bootstrap.servers": bootstrap})
     before = set(asyncio.run(list_topics(settings)))
