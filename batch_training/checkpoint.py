@@ -4,8 +4,9 @@ An epoch of MovieLens-1M in the window mode takes about two minutes on two CPU t
 the seed paper's setup trains until validation stops improving (tens of epochs). With
 `gru4stream train --checkpoint FILE` the run writes its whole state to FILE after each
 epoch; the same command run again reads FILE and continues with the next epoch, exactly as
-if it had never stopped: the weights, Adam's moments, both random generators (the negatives
-and the order of the next epoch come from them), the history and the best epoch so far.
+if it had never stopped (bit for bit on the CPU): the weights, Adam's moments, both random
+generators (the negatives and the order of the next epoch come from them), the history and
+the best epoch so far.
 
 A checkpoint belongs to one configuration and one training set: resuming with another one
 is refused, with the fields that differ. Only `n_epochs` may change, to extend a run.
