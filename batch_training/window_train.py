@@ -150,9 +150,10 @@ def _epoch(
 class _Resumable:
     """Saves the run after each epoch to `path` and resumes from it (None: neither)."""
 
-    def __init__(self, path: Path | None, expected: dict[str, Any]) -> None:
+    def __init__(self, path: Path | None, expected: dict[str, Any], dev: torch.device) -> None:
         self.path = path
         self.expected = expected
+        self.cuda = dev.type == "cuda"  # then CUDA's generator is saved and restored too
 
     def resume(
         self,
@@ -160,7 +161,6 @@ class _Resumable:
         optimizer: torch.optim.Optimizer,
         rng: np.random.Generator,
         best: BestEpoch,
-        dev: torch.device,
     ) -> list[dict[str, Any]]:
         """Load the saved state into these objects; the saved history ([] if none)."""
         if self.path is None or not self.path.exists():
@@ -170,7 +170,7 @@ class _Resumable:
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
-        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+        if self.cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
         best.load_state_dict(state["best"])
         history = state["history"]
@@ -187,14 +187,13 @@ class _Resumable:
     ) -> None:
         if self.path is None:
             return
-        cuda = next(model.parameters()).is_cuda
         state = {
             "fingerprint": self.expected,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "numpy_rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
+            "cuda_rng": torch.cuda.get_rng_state() if self.cuda else None,
             "best": best.state_dict(),
             "history": history,
         }
@@ -231,8 +230,8 @@ def train_windows(
         torch.manual_seed(config.seed)
         model = WindowGRU4Rec(n_items, config.embedding, config.layers[0]).to(dev)
         optimizer = _optimizer(model, config)
-        run = _Resumable(checkpoint, fingerprint(config, n_items, train_data.items))
-        history = run.resume(model, optimizer, rng, best, dev)
+        run = _Resumable(checkpoint, fingerprint(config, n_items, train_data.items), dev)
+        history = run.resume(model, optimizer, rng, best)
         first = history[-1]["epoch"] + 1 if history else 1
         if history and best.should_stop(history[-1]["epoch"]):
             first = config.n_epochs + 1  # it had stopped early: nothing left to train
