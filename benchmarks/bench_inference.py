@@ -155,6 +155,8 @@ class Workload:
                 count=HISTORY,
                 model_version=model.version,
                 hidden=self.states[s],
+                seen=self.history[s].tolist(),
+                seen_version=model.version,
             )
         batches = []
         for _ in range(8):
@@ -185,6 +187,7 @@ class Workload:
 
 
 def _copy(s: SessionState) -> SessionState:
+    """A session as the worker's session cache hands it over (seen items already indexed)."""
     return SessionState(
         s.partition,
         list(s.items),
@@ -195,6 +198,8 @@ def _copy(s: SessionState) -> SessionState:
         s.model_version,
         s.hidden,
         None,
+        None if s.seen is None else list(s.seen),
+        s.seen_version,
     )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from schemas.artifact import Artifact
 from scoring import search, topk
-from scoring.search import ServingOptions, first_valid, pad_ragged
+from scoring.search import ServingOptions, first_valid, pad_ragged, spread_rows
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -130,16 +130,16 @@ class ServingModel:
     def index_rows(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
         """Lists of external ids -> (len(rows), longest) internal indices, padded with -1.
 
-        One pass over all ids of a batch (the worker's seen items), not one per row.
+        One pass over all ids of a batch, not one per row.
         """
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         ids = chain.from_iterable(rows)
         flat = np.fromiter(map(self._index_of.get, ids, repeat(-1)), np.int64, int(lengths.sum()))
-        out = np.full((len(rows), max(int(lengths.max(initial=0)), 1)), -1, dtype=np.int64)
-        # Row r's ids go to columns 0..len_r-1: column = position - start of its row.
-        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        out[np.repeat(np.arange(len(rows)), lengths), np.arange(flat.size) - starts] = flat
-        return out
+        return spread_rows(flat, lengths)
+
+    def index_one(self, external_id: str) -> int:
+        """One external id's internal index, -1 if the model does not know it."""
+        return self._index_of.get(external_id, -1)
 
     def item_ids(self, indices: Iterable[int]) -> list[str]:
         items = self.items

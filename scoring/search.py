@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import faiss
 import numpy as np
@@ -119,11 +120,21 @@ def pad_ragged(rows: Sequence[Sequence[int]] | np.ndarray | None, n: int) -> np.
         return rows.astype(np.int64, copy=False)
     if len(rows) != n:
         raise ValueError(f"exclude has {len(rows)} rows, the batch has {n}")
-    width = max((len(r) for r in rows), default=0)
-    out = np.full((n, max(width, 1)), -1, dtype=np.int64)
-    for i, r in enumerate(rows):
-        if len(r):
-            out[i, : len(r)] = r
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=n)
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    return spread_rows(flat, lengths)
+
+
+def spread_rows(flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rows laid end to end (`flat`, row r `lengths[r]` long) -> (rows, longest), -1 padded.
+
+    One scatter for the whole batch rather than a slice assignment per row (a worker builds
+    the seen items of every click of a micro-batch this way).
+    """
+    out = np.full((lengths.size, max(int(lengths.max(initial=0)), 1)), -1, dtype=np.int64)
+    # Row r's values go to columns 0..len_r-1: column = position - start of its row.
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[np.repeat(np.arange(lengths.size), lengths), np.arange(flat.size) - starts] = flat
     return out
 
 

@@ -43,7 +43,7 @@ from schemas.events import (
     ValidationLimits,
     decode_click,
 )
-from scoring import ServingModel
+from scoring import ServingModel, pad_ragged
 from stream_app.sessions import SessionState
 
 
@@ -136,8 +136,10 @@ def answer_batch(
     result = BatchResult()
     work: dict[str, SessionState] = {}
     before: dict[str, tuple[list[str], np.ndarray | None, str | None]] = {}
-    accepted: list[tuple[Click, list[str]]] = []  # with the history right after the click
-    replays: list[tuple[Click, list[str]]] = []  # redelivered: history up to that click
+    # Clicks with their session's seen items (internal indices) right after the click, and
+    # redelivered clicks with the items up to that click.
+    accepted: list[tuple[Click, list[int]]] = []
+    replays: list[tuple[Click, list[int]]] = []
     resends: list[tuple[Click, bytes]] = []
 
     for click in clicks:
@@ -155,6 +157,9 @@ def answer_batch(
                 session = SessionState(partition=click.partition)
             work[sid] = session
             before[sid] = (list(session.items), session.hidden, session.model_version)
+            if session.seen is None or session.seen_version != model.version:
+                session.seen = model.index_of(session.items).tolist()
+                session.seen_version = model.version
 
         if click.offset <= session.last_offset:
             result.redelivered += 1
@@ -163,7 +168,7 @@ def answer_batch(
                 resends.append((click, session.last_answer))
             elif click.offset in session.offsets:
                 upto = session.offsets.index(click.offset) + 1
-                replays.append((click, session.items[:upto]))
+                replays.append((click, session.seen[:upto]))
             else:
                 result.not_reanswered += 1
             continue
@@ -177,21 +182,23 @@ def answer_batch(
             )
             continue
         session.items.append(click.event.item_id)
+        session.seen.append(model.index_one(click.event.item_id))
         session.offsets.append(click.offset)
         if len(session.items) > config.history_len:
             del session.items[: -config.history_len]
+            del session.seen[: -config.history_len]
             del session.offsets[: -config.history_len]
         session.last_event_ms = click.event.timestamp
         session.touched_ms = now
         session.count += 1
-        accepted.append((click, list(session.items)))
+        accepted.append((click, list(session.seen)))
 
     states = _advance(model, accepted, before, result)
-    replay_states = model.run([model.index_of(h) for _, h in replays]) if replays else None
+    replay_states = model.run([h for _, h in replays]) if replays else None
     rows = accepted + replays
     if rows:
         all_states = states if replay_states is None else np.concatenate([states, replay_states])
-        exclude = model.index_rows([h for _, h in rows]) if config.exclude_seen else None
+        exclude = pad_ragged([h for _, h in rows], len(rows)) if config.exclude_seen else None
         pick = model.recommend_exhaustive if config.exhaustive else model.recommend
         top, top_scores = pick(all_states, config.k, exclude)
         produced = _now_ms() if now_ms is None else now_ms
@@ -219,7 +226,7 @@ def answer_batch(
 
 def _advance(
     model: ServingModel,
-    accepted: list[tuple[Click, list[str]]],
+    accepted: list[tuple[Click, list[int]]],
     before: dict[str, tuple[list[str], np.ndarray | None, str | None]],
     result: BatchResult,
 ) -> np.ndarray:
@@ -252,7 +259,7 @@ def _advance(
         current[[row for row, _ in stale]] = rebuilt
         result.recomputed += len(stale)
 
-    items = model.index_of(click.event.item_id for click, _ in accepted)
+    items = np.fromiter((seen[-1] for _, seen in accepted), np.int64, len(accepted))
     out = np.empty((len(accepted), n_layers, hidden_max), dtype=np.float32)
     for wave in range(int(wave_of.max(initial=-1)) + 1):
         picked = np.flatnonzero(wave_of == wave)  # at most one click per session

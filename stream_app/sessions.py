@@ -38,6 +38,11 @@ class SessionState:
     model_version: str | None = None  # the version `hidden` was computed with
     hidden: np.ndarray | None = None  # (n_layers, H_max) float32, a cache of the GRU state
     last_answer: bytes | None = None  # the last answer's record value (Recommendation JSON)
+    # `items` as internal indices of model `seen_version`: the batch path's copy, so that a
+    # click's seen items are not looked up again for every click. Never stored; rebuilt
+    # after a decode or a model swap.
+    seen: list[int] | None = field(default=None, compare=False, repr=False)
+    seen_version: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def last_offset(self) -> int:

@@ -210,6 +210,15 @@ def test_index_rows_pads_ragged_lists_of_external_ids(tmp_path):
     assert model.index_rows([]).shape == (0, 1)
 
 
+def test_pad_ragged_lays_index_lists_out_as_rows():
+    from scoring import pad_ragged
+
+    assert pad_ragged([[3, 1], [], [5]], 3).tolist() == [[3, 1], [-1, -1], [5, -1]]
+    assert pad_ragged([[], []], 2).tolist() == [[-1], [-1]]
+    with pytest.raises(ValueError, match="exclude has 1 rows, the batch has 2"):
+        pad_ragged([[1]], 2)
+
+
 def test_top_k_selection_equals_a_stable_sort():
     """Best first, ties to the lower index, excluded and -inf columns never returned, -1 /
     -inf where a row has fewer than k columns left."""

@@ -142,6 +142,44 @@ def test_model_swap_recomputes_the_state_from_history(models):
     assert result.sessions["a"].hidden.shape == (2, 16)
 
 
+def test_sessions_kept_between_batches_exclude_the_same_items_across_a_swap(tmp_path, models):
+    """The session cache hands the core the objects it advanced last (their seen items
+    already as indices): answers equal those of sessions decoded from the table, also after
+    a swap to a model that numbers the items differently."""
+    v1, _ = models
+    names = [f"i{i}" for i in range(120)]
+    reversed_ids = ServingModel.from_artifact(
+        read_artifact(
+            write_random_artifact(tmp_path / "r", version="r", n_items=120, items=names[::-1])
+        )
+    )
+    batches = [
+        [click(f"s{i % 3}", f"i{(13 * i) % 40}", i) for i in range(start, start + 6)]
+        for start in (0, 6, 12)
+    ]
+    config = CoreConfig(k=100)  # most of the catalogue: every seen item would show up
+    decoded, _ = run_batches(v1, batches[:2], config)
+    _, table = run_batches(v1, batches[:2], config)
+    kept: dict[str, SessionState] = {}
+    for model, batch in ((v1, batches[0]), (v1, batches[1]), (reversed_ids, batches[2])):
+        result = answer_batch(model, batch, kept, config, now_ms=NOW)
+        kept.update(result.sessions)
+        if model is v1:
+            want = decoded[batches.index(batch)].recommendations()
+            assert [items_of(r) for _, r in result.recommendations()] == [
+                items_of(r) for _, r in want
+            ]
+    stored = {sid: SessionState.decode(raw) for sid, raw in table.items()}
+    swapped = answer_batch(reversed_ids, batches[2], stored, config, now_ms=NOW)
+    assert [items_of(r) for _, r in result.recommendations()] == [
+        items_of(r) for _, r in swapped.recommendations()
+    ]
+    for c, rec in result.recommendations():
+        session = kept[c.event.session_id]
+        seen = session.items[: session.offsets.index(c.offset) + 1]
+        assert not set(items_of(rec)) & set(seen)
+
+
 def test_history_is_bounded_and_expired_sessions_start_over(models):
     v1, _ = models
     config = CoreConfig(history_len=3, session_ttl_ms=60_000)
