@@ -16,6 +16,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 
 from stream_app.consumer import (
     FETCH_MAX_WAIT_MS,
+    FETCH_MIN_BYTES,
     EagerDeliveryConsumer,
     ShortFetchConsumerThread,
     use_eager_delivery,
@@ -124,10 +125,11 @@ def test_fausts_fetch_loop_races_the_delivery_first():
 
 
 def test_the_worker_consumers_fetches_wait_briefly(tmp_path, kafka_bootstrap):
-    """The aiokafka consumer Faust's thread builds asks the broker to hold a fetch
-    FETCH_MAX_WAIT_MS at most, and aiokafka's fetcher, made at start, uses that."""
+    """The aiokafka consumer Faust's thread builds asks the broker to hold a fetch until
+    FETCH_MIN_BYTES came or FETCH_MAX_WAIT_MS passed, and aiokafka's fetcher, made at start,
+    uses those."""
 
-    async def run() -> tuple[int, int]:
+    async def run() -> tuple[tuple[int, int], tuple[int, int]]:
         app = faust.App(
             "short-fetch-test", broker=f"kafka://{kafka_bootstrap}", datadir=str(tmp_path)
         )
@@ -135,14 +137,15 @@ def test_the_worker_consumers_fetches_wait_briefly(tmp_path, kafka_bootstrap):
         thread = app.consumer._thread
         assert isinstance(thread, ShortFetchConsumerThread)
         client = thread._create_worker_consumer(app.transport)
-        built = client._fetch_max_wait_ms
+        built = client._fetch_max_wait_ms, client._fetch_min_bytes
         await client.start()
         try:
-            return built, client._fetcher._fetch_max_wait_ms
+            return built, (client._fetcher._fetch_max_wait_ms, client._fetcher._fetch_min_bytes)
         finally:
             await client.stop()
 
-    assert asyncio.run(run()) == (FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_MS)
+    wanted = (FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES)
+    assert asyncio.run(run()) == (wanted, wanted)
     assert FETCH_MAX_WAIT_MS < 1_500  # Faust's own: the reason for the subclass
 
 
