@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--space",
         default="xe",
-        help="a space in batch_training/spaces (xe, bprmax, xe-wide) "
+        help="a space in batch_training/spaces (xe, bprmax, xe-wide, xe-loo) "
         "or a JSON file (default: xe, the authors' cross-entropy space)",
     )
     budget = parser.add_argument_group("budget (at least one)")
@@ -433,6 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="when the split has no validation set: "
         "the training sessions starting in the last N days validate (default 1)",
+    )
+    parser.add_argument(
+        "--start-from",
+        metavar="PRESET",
+        help="try this preset's values of the searched fields first (once per study): the "
+        "search starts from a known configuration",
     )
     parser.add_argument("--no-prune", action="store_true", help="run every trial to its end")
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
@@ -488,6 +494,10 @@ def _tune(argv: list[str]) -> int:
     }
     fingerprint = {**details, "space": space.to_dict(), "fixed": _plain(base)}
     study = open_study(args.study, args.study_name, fingerprint, args.seed, not args.no_prune)
+    if args.start_from is not None:
+        # Optuna runs enqueued points before sampling; an identical one already in the
+        # study (a resumed search) is not enqueued again.
+        study.enqueue_trial(_start_values(space, args.start_from), skip_if_exists=True)
     n_done = len(finished(study))
     log.info(
         "%s: %d training sessions, %d validation targets (%s); %d trials already in the study",
@@ -539,6 +549,16 @@ def _tune(argv: list[str]) -> int:
         print("interrupted: run the same command again to resume the study", flush=True)
         return 130
     return 0
+
+
+def _start_values(space: SearchSpace, preset: str) -> dict[str, Any]:
+    """--start-from: the preset's values of the fields `space` searches."""
+    from batch_training.config import ConfigError, load_preset
+
+    try:
+        return space.values_of(load_preset(preset), f"--start-from {preset}")
+    except (ConfigError, SpaceError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def _check_replaceable(out: Path) -> None:

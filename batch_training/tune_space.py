@@ -82,6 +82,19 @@ class Param:
         cast = int if self.kind == "int" else float
         return [cast(self.low), cast(self.high)]
 
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is one of the points this parameter can take."""
+        if self.kind == "categorical":
+            return value in self.choices
+        if not _number(value, integer=self.kind == "int"):
+            return False
+        if not float(self.low) <= value <= float(self.high):
+            return False
+        if self.step is None:
+            return True
+        steps = (value - float(self.low)) / float(self.step)
+        return abs(steps - round(steps)) < 1e-6
+
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "categorical":
             return {"type": self.kind, "choices": list(self.choices)}
@@ -118,6 +131,26 @@ class SearchSpace:
         """A trial's TrainConfig: `base` with one value drawn for every searched field."""
         values = {p.name: p.suggest(trial) for p in self.params}
         return config_with(base, values, where=f"space {self.name}, trial {trial.number}")
+
+    def values_of(self, config: TrainConfig, where: str) -> dict[str, Any]:
+        """The searched fields' values in `config` (one layer's size for `layers`), to try
+        as a trial; a value the space cannot take is a SpaceError naming it."""
+        values = {}
+        for param in self.params:
+            value = getattr(config, param.name)
+            if param.name == "layers" and param.kind != "categorical":
+                if len(value) != 1:
+                    raise SpaceError(f"{where}: layers {list(value)}: the space searches one layer")
+                value = value[0]
+            if isinstance(value, tuple):
+                value = list(value)
+            if not param.contains(value):
+                raise SpaceError(
+                    f"{where}: {param.name}={value!r} is not in space {self.name} "
+                    f"({param.to_dict()})"
+                )
+            values[param.name] = value
+        return values
 
     def without(self, names: set[str]) -> SearchSpace:
         """The space with these fields no longer searched (fixed from the command line)."""

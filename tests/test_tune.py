@@ -239,3 +239,37 @@ def test_tune_writes_a_preset_resumes_and_never_reads_the_test_split(tmp_path, m
     assert train_main([*train_argv, "--quiet", "--threads", "1"]) == 0
     metrics = orjson.loads((run / "metrics.json").read_bytes())
     assert metrics["config"]["learning_rate"] == pytest.approx(best["learning_rate"])
+
+
+def test_a_preset_can_be_the_first_point_tried_once_per_study(tmp_path):
+    """--start-from PRESET enqueues the preset's values of the searched fields: they are the
+    first trial, and resuming the study does not try them again."""
+    from batch_training.config import load_preset
+
+    xe = load_space("xe")
+    want = xe.values_of(load_preset("leave-one-out-xe"), "here")
+    assert want == {
+        "layers": 128,
+        "batch_size": 64,
+        "learning_rate": 0.05,
+        "dropout_p_embed": 0.2,
+        "dropout_p_hidden": 0.2,
+        "momentum": 0.4,
+        "sample_alpha": 0.2,
+    }
+    off_grid = load_preset("leave-one-out-xe", learning_rate=0.0512)
+    with pytest.raises(SpaceError, match="learning_rate=0.0512 is not in space xe"):
+        xe.values_of(off_grid, "here")
+    with pytest.raises(SpaceError, match="searches one layer"):
+        xe.values_of(load_preset("leave-one-out-xe", layers=[64, 32]), "here")
+
+    study_file = tmp_path / "study.sqlite"
+    argv = [*SLICE, *SMALL, "--study", str(study_file), "--out", str(tmp_path / "best.json")]
+    argv += ["--start-from", "leave-one-out-xe", "--threads", "1", "--quiet"]
+    assert tune.main([*argv, "--trials", "1"]) == 0
+    assert tune.main([*argv, "--trials", "2"]) == 0
+    study = optuna.load_study(study_name=tune.DEFAULT_STUDY_NAME, storage=f"sqlite:///{study_file}")
+    searched = {k: v for k, v in want.items() if k not in ("layers", "batch_size")}  # SMALL's
+    assert study.trials[0].params == pytest.approx(searched)
+    assert len(study.trials) == 2 and study.trials[1].params != study.trials[0].params
+    assert tune.main([*argv, "--trials", "3", "--start-from", "no-such-preset"]) == 2
