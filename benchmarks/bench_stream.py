@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cpu_plan import CpuPlan, local_broker_pid  # noqa: E402
 from kafka_io.cli import (  # noqa: E402
     add_kafka_arguments,
     report_failure,
@@ -119,6 +121,7 @@ def start_worker(
     tmp: Path,
     naive: bool,
     code: Path | None = None,
+    cpus: CpuPlan | None = None,
 ) -> WorkerProcess:
     args = [
         "--kafka-config", str(client_properties(settings, tmp)),
@@ -137,7 +140,14 @@ def start_worker(
     worker = WorkerProcess(args, tmp / f"{run.tag}.log")
     if code is not None:
         worker.code_root = code
-    return worker.start()
+    return _pinned(worker.start(), cpus)
+
+
+def _pinned(worker: WorkerProcess, cpus: CpuPlan | None) -> WorkerProcess:
+    """The worker on its own CPU (right after it started: the threads it makes inherit it)."""
+    if cpus is not None:
+        cpus.pin_worker(worker.proc.pid)
+    return worker
 
 
 async def read_answers(
@@ -222,6 +232,7 @@ async def throughput(
     n_items: int,
     floor: bool = False,
     code: Path | None = None,
+    cpus: CpuPlan | None = None,
 ) -> tuple[float, float, dict[str, float]]:
     """Drain rate (answers/s), answers per CPU-second of the worker, its per-step profile."""
     run = Run.fresh("floor" if floor else "naive" if naive else "batched")
@@ -235,10 +246,9 @@ async def throughput(
         properties = str(client_properties(settings, tmp))
         names = [run.tag, run.clicks, run.recs, str(tmp / run.tag)]
         argv = ["--kafka-config", properties, "--floor-worker", *names]
-        worker = FloorProcess(argv, tmp / f"{run.tag}.log")
-        worker.start()
+        worker = _pinned(FloorProcess(argv, tmp / f"{run.tag}.log").start(), cpus)
     else:
-        worker = start_worker(settings, run, model, tmp, naive, code)
+        worker = start_worker(settings, run, model, tmp, naive, code, cpus)
     cpu_at_first = None
     try:
         while not reader.done():
@@ -295,11 +305,12 @@ async def latency(
     rate: float,
     seconds: float,
     n_items: int,
+    cpus: CpuPlan | None = None,
 ) -> tuple[float, float, float, float, dict[str, float]]:
     """p50, p95, p99 (ms), the achieved answer rate at a steady click rate, the step profile."""
     run = Run.fresh("naive" if naive else "batched")
     await create_topics(settings, run)
-    worker = start_worker(settings, run, model, tmp, naive)
+    worker = start_worker(settings, run, model, tmp, naive, cpus=cpus)
     try:
         await asyncio.to_thread(worker.wait_ready, 90)
         events = int(rate * seconds)
@@ -360,7 +371,12 @@ async def produce_paced(
 
 
 def compare_throughput(
-    settings: KafkaSettings, model: Path, tmp: Path, args: argparse.Namespace, n_items: int
+    settings: KafkaSettings,
+    model: Path,
+    tmp: Path,
+    args: argparse.Namespace,
+    n_items: int,
+    cpus: CpuPlan | None,
 ) -> None:
     """This checkout's worker against the one in args.compare, runs interleaved."""
     this, other = [], []
@@ -370,7 +386,9 @@ def compare_throughput(
         for code, out in pair if run % 2 == 0 else pair[::-1]:
             out.append(
                 asyncio.run(
-                    throughput(settings, model, tmp, False, args.events, n_items, code=code)
+                    throughput(
+                        settings, model, tmp, False, args.events, n_items, code=code, cpus=cpus
+                    )
                 )
             )
     for label, runs in (("this checkout", this), (f"{args.compare}", other)):
@@ -412,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure the throughput of the worker in checkout DIR (e.g. an earlier "
         "commit's `git worktree`), its runs interleaved with this one's",
     )
+    parser.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="let the workers share every CPU with the broker and the benchmark (by default "
+        "each worker gets one of its own where there are 2 or more: benchmarks/cpu_plan.py)",
+    )
     parser.add_argument("--floor-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -427,82 +451,88 @@ def main(argv: list[str] | None = None) -> int:
     except KafkaSetupError as exc:
         return report_failure(PROG, exc)
 
+    cpus = None if args.shared_cpus else CpuPlan.choose()
+    broker = local_broker_pid(settings.bootstrap_servers) if cpus is not None else None
+    with (
+        cpus.applied(broker) if cpus is not None else contextlib.nullcontext(),
+        tempfile.TemporaryDirectory(prefix="bench-stream-") as tmpdir,
+    ):
+        return _run(settings, args, cpus, Path(tmpdir))
+
+
+def _run(settings: KafkaSettings, args: argparse.Namespace, cpus: CpuPlan | None, tmp: Path) -> int:
     n_items, kind, layers, embedding = CATALOGUES[args.catalogue]
-    with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmpdir:
-        tmp = Path(tmpdir)
-        model = write_random_artifact(
-            tmp / "model",
-            version="bench",
-            n_items=n_items,
-            layers=layers,
-            input_kind=kind,
-            embedding_dim=embedding,
-        )
-        print(
-            f"# end to end, one worker, {args.catalogue}: {n_items:,} items, {kind}, GRU "
-            f"{layers}; median of {args.runs} runs; load average at start "
-            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-        )
-        results = {}
-        if args.compare:
-            compare_throughput(settings, model, tmp, args, n_items)
-        for naive in (False,) if args.quick else (False, True):
-            name = "naive" if naive else "batched"
-            n = args.naive_events if naive else args.events
-            runs = [
-                asyncio.run(throughput(settings, model, tmp, naive, n, n_items))
-                for _ in range(args.runs)
-            ]
-            best = statistics.median(r for r, _, _ in runs)
-            per_cpu = statistics.median(c for _, c, _ in runs)
-            results[name] = (best, per_cpu)
-            shown = ", ".join(f"{r:,.0f}" for r, _, _ in runs)
-            print(
-                f"\n## {name}: sustained {best:,.0f} events/s (runs: {shown}); "
-                f"{per_cpu:,.0f} events per worker CPU-second"
-            )
-            print_profile([p for _, _, p in runs])
-            print("| load | clicks/s | p50 ms | p95 ms | p99 ms | answers/s |")
-            print("| --- | ---: | ---: | ---: | ---: | ---: |")
-            paced = {}
-            loads = [] if args.quick else [(f"{s:.0%}", best * s) for s in (0.5, 0.9)]
-            if not (args.quick or naive):
-                loads += [("fixed", float(rate)) for rate in args.rates]
-            for label, rate in loads:
-                lat = [
-                    asyncio.run(latency(settings, model, tmp, naive, rate, args.seconds, n_items))
-                    for _ in range(args.runs)
-                ]
-                p50, p95, p99, achieved = (statistics.median(x[i] for x in lat) for i in range(4))
-                if label != "fixed":
-                    paced[label] = [x[4] for x in lat]
-                print(
-                    f"| {label} | {rate:,.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | "
-                    f"{achieved:,.0f} |",
-                    flush=True,
-                )
-            for label, profiles in paced.items():
-                # The same steps with clicks paced, the benchmark's producer and reader
-                # running beside the worker (compare with the backlog's profile above).
-                print(f"\nsteps at {label} load:")
-                print_profile(profiles)
-        floor = [
-            asyncio.run(throughput(settings, model, tmp, False, args.events, n_items, True))
+    model = write_random_artifact(
+        tmp / "model",
+        version="bench",
+        n_items=n_items,
+        layers=layers,
+        input_kind=kind,
+        embedding_dim=embedding,
+    )
+    print(
+        f"# end to end, one worker, {args.catalogue}: {n_items:,} items, {kind}, GRU "
+        f"{layers}; median of {args.runs} runs; load average at start "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+        + (cpus.describe() if cpus is not None else "the workers share every CPU")
+    )
+    results = {}
+    if args.compare:
+        compare_throughput(settings, model, tmp, args, n_items, cpus)
+    for naive in (False,) if args.quick else (False, True):
+        name = "naive" if naive else "batched"
+        n = args.naive_events if naive else args.events
+        runs = [
+            asyncio.run(throughput(settings, model, tmp, naive, n, n_items, cpus=cpus))
             for _ in range(args.runs)
         ]
+        best = statistics.median(r for r, _, _ in runs)
+        per_cpu = statistics.median(c for _, c, _ in runs)
+        results[name] = (best, per_cpu)
+        shown = ", ".join(f"{r:,.0f}" for r, _, _ in runs)
         print(
-            f"\n## Faust floor (bare agent, same batches, one send per click): "
-            f"{statistics.median(r for r, _, _ in floor):,.0f} events/s, "
-            f"{statistics.median(c for _, c, _ in floor):,.0f} events per worker CPU-second"
+            f"\n## {name}: sustained {best:,.0f} events/s (runs: {shown}); "
+            f"{per_cpu:,.0f} events per worker CPU-second"
         )
-        floor_rate = statistics.median(r for r, _, _ in floor)
-        print(
-            f"\nbatched / floor: {results['batched'][0] / floor_rate:.0%} of the floor's events/s"
-        )
-        if "naive" in results:
-            ratio = results["batched"][0] / results["naive"][0]
-            ratio_cpu = results["batched"][1] / results["naive"][1]
-            print(f"batched / naive: {ratio:.1f}x events/s, {ratio_cpu:.1f}x events per CPU-second")
+        print_profile([p for _, _, p in runs])
+        print("| load | clicks/s | p50 ms | p95 ms | p99 ms | answers/s |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        paced = {}
+        loads = [] if args.quick else [(f"{s:.0%}", best * s) for s in (0.5, 0.9)]
+        if not (args.quick or naive):
+            loads += [("fixed", float(rate)) for rate in args.rates]
+        for label, rate in loads:
+            lat = [
+                asyncio.run(latency(settings, model, tmp, naive, rate, args.seconds, n_items, cpus))
+                for _ in range(args.runs)
+            ]
+            p50, p95, p99, achieved = (statistics.median(x[i] for x in lat) for i in range(4))
+            if label != "fixed":
+                paced[label] = [x[4] for x in lat]
+            print(
+                f"| {label} | {rate:,.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {achieved:,.0f} |",
+                flush=True,
+            )
+        for label, profiles in paced.items():
+            # The same steps with clicks paced, the benchmark's producer and reader
+            # running beside the worker (compare with the backlog's profile above).
+            print(f"\nsteps at {label} load:")
+            print_profile(profiles)
+    floor = [
+        asyncio.run(throughput(settings, model, tmp, False, args.events, n_items, True, cpus=cpus))
+        for _ in range(args.runs)
+    ]
+    print(
+        f"\n## Faust floor (bare agent, same batches, one send per click): "
+        f"{statistics.median(r for r, _, _ in floor):,.0f} events/s, "
+        f"{statistics.median(c for _, c, _ in floor):,.0f} events per worker CPU-second"
+    )
+    floor_rate = statistics.median(r for r, _, _ in floor)
+    print(f"\nbatched / floor: {results['batched'][0] / floor_rate:.0%} of the floor's events/s")
+    if "naive" in results:
+        ratio = results["batched"][0] / results["naive"][0]
+        ratio_cpu = results["batched"][1] / results["naive"][1]
+        print(f"batched / naive: {ratio:.1f}x events/s, {ratio_cpu:.1f}x events per CPU-second")
     return 0
 
 
