@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 # (`valid_metric`), which each trial records.
 METRIC = "recall@20"
 DEFAULT_STUDY_NAME = "gru4stream-tune"
+# The user attribute naming the preset a trial's point came from (--start-from).
+START_FROM = "start_from"
 # Trials that must finish before the pruner compares; fewer would prune on noise.
 PRUNER_STARTUP_TRIALS = 5
 
@@ -139,7 +141,9 @@ def _pruning_pipeline(split: TuningSplit, config: TrainConfig, options: Any, tri
                 value, epoch = validate(model), next(epochs)
                 trial.report(value, epoch)
                 # After the last epoch pruning saves nothing and would throw a full result away.
-                if epoch < self.config.n_epochs and trial.should_prune():
+                # A point given to try (--start-from) runs to the end: it is the reference.
+                given = START_FROM in trial.user_attrs
+                if epoch < self.config.n_epochs and not given and trial.should_prune():
                     raise optuna.TrialPruned(f"{value:.4f} after epoch {epoch}")
                 return value
 
@@ -497,7 +501,11 @@ def _tune(argv: list[str]) -> int:
     if args.start_from is not None:
         # Optuna runs enqueued points before sampling; an identical one already in the
         # study (a resumed search) is not enqueued again.
-        study.enqueue_trial(_start_values(space, args.start_from), skip_if_exists=True)
+        study.enqueue_trial(
+            _start_values(space, args.start_from),
+            user_attrs={START_FROM: args.start_from},
+            skip_if_exists=True,
+        )
     n_done = len(finished(study))
     log.info(
         "%s: %d training sessions, %d validation targets (%s); %d trials already in the study",

@@ -160,6 +160,13 @@ def test_a_trial_is_pruned_after_an_epoch_but_not_after_its_last():
     study.optimize(objective, n_trials=1)
     assert study.trials[-1].state == optuna.trial.TrialState.COMPLETE
 
+    # A point given to try (--start-from enqueues it) is the reference: never pruned.
+    objective = tune.make_objective(split, space, base, device="cpu")
+    study.enqueue_trial(study.trials[0].params, user_attrs={tune.START_FROM: "a preset"})
+    study.optimize(objective, n_trials=1)
+    assert study.trials[-1].state == optuna.trial.TrialState.COMPLETE
+    assert list(study.trials[-1].intermediate_values) == [1, 2, 3]
+
 
 # --- the command -----------------------------------------------------------------------------
 
@@ -271,5 +278,6 @@ def test_a_preset_can_be_the_first_point_tried_once_per_study(tmp_path):
     study = optuna.load_study(study_name=tune.DEFAULT_STUDY_NAME, storage=f"sqlite:///{study_file}")
     searched = {k: v for k, v in want.items() if k not in ("layers", "batch_size")}  # SMALL's
     assert study.trials[0].params == pytest.approx(searched)
+    assert study.trials[0].user_attrs[tune.START_FROM] == "leave-one-out-xe"
     assert len(study.trials) == 2 and study.trials[1].params != study.trials[0].params
     assert tune.main([*argv, "--trials", "3", "--start-from", "no-such-preset"]) == 2
