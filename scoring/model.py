@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from itertools import chain, repeat
 
 import faiss
 import numpy as np
 
 from schemas.artifact import Artifact
 from scoring import search, topk
-from scoring.search import ServingOptions, first_valid, pad_ragged, spread_rows
+from scoring.search import ServingOptions, first_valid, pad_ragged
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -126,16 +125,6 @@ class ServingModel:
         """External item ids -> internal indices (int64), -1 for items the model does not know."""
         get = self._index_of.get
         return np.fromiter((get(i, -1) for i in external_ids), dtype=np.int64)
-
-    def index_rows(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
-        """Lists of external ids -> (len(rows), longest) internal indices, padded with -1.
-
-        One pass over all ids of a batch, not one per row.
-        """
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        ids = chain.from_iterable(rows)
-        flat = np.fromiter(map(self._index_of.get, ids, repeat(-1)), np.int64, int(lengths.sum()))
-        return spread_rows(flat, lengths)
 
     def index_one(self, external_id: str) -> int:
         """One external id's internal index, -1 if the model does not know it."""

@@ -122,19 +122,11 @@ def pad_ragged(rows: Sequence[Sequence[int]] | np.ndarray | None, n: int) -> np.
         raise ValueError(f"exclude has {len(rows)} rows, the batch has {n}")
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=n)
     flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-    return spread_rows(flat, lengths)
-
-
-def spread_rows(flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Rows laid end to end (`flat`, row r `lengths[r]` long) -> (rows, longest), -1 padded.
-
-    One scatter for the whole batch rather than a slice assignment per row (a worker builds
-    the seen items of every click of a micro-batch this way).
-    """
-    out = np.full((lengths.size, max(int(lengths.max(initial=0)), 1)), -1, dtype=np.int64)
-    # Row r's values go to columns 0..len_r-1: column = position - start of its row.
+    # One scatter for the whole batch (a worker builds every answer's seen items this way),
+    # not a slice assignment per row: row r's values go to columns 0..len_r-1.
+    out = np.full((n, max(int(lengths.max(initial=0)), 1)), -1, dtype=np.int64)
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    out[np.repeat(np.arange(lengths.size), lengths), np.arange(flat.size) - starts] = flat
+    out[np.repeat(np.arange(n), lengths), np.arange(flat.size) - starts] = flat
     return out
 
 

@@ -203,13 +203,6 @@ def test_unknown_exact_search_is_refused(tmp_path):
         ServingModel.from_artifact(artifact, exact_search="gpu")
 
 
-def test_index_rows_pads_ragged_lists_of_external_ids(tmp_path):
-    model, _ = _model(tmp_path, n_items=6)
-    rows = [["i2", "nope", "i0"], [], ["i5"]]
-    assert model.index_rows(rows).tolist() == [[2, -1, 0], [-1, -1, -1], [5, -1, -1]]
-    assert model.index_rows([]).shape == (0, 1)
-
-
 def test_pad_ragged_lays_index_lists_out_as_rows():
     from scoring import pad_ragged
 
