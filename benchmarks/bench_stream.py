@@ -23,8 +23,9 @@ the topics are deleted after each run: a broker left with thousands of partition
 about a second of CPU every 5 s on periodic work over them, seen as latency spikes).
 Model: synthetic weights at the ML-1M catalogue size (3,706 items, embedding 64, GRU 128), or
 with --catalogue diginetica at Diginetica's (43,097 items, shared embedding, GRU 100).
-The broker, the producer and the consumer share the machine with the worker, so the worker's
-own CPU time is reported too: answers per CPU-second of the worker process is what one
+Each worker runs on a CPU of its own and the broker, the producer and the consumer on the
+others (benchmarks/cpu_plan.py; --shared-cpus lets all share every CPU). The worker's own
+CPU time is reported too: answers per CPU-second of the worker process is what one
 dedicated core would sustain if nothing else were waiting for it.
 """
 
