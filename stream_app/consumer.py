@@ -24,12 +24,12 @@ reads after recovery): the broker then holds it for the whole wait while the cli
 and answers came up to 1.5 s late in `benchmarks/bench_stream.py` at half load.
 
 They are answered at the first record (`FETCH_MIN_BYTES`, aiokafka's default, set here so
-that the choice is visible and tested). Waiting for 32 KiB instead (or the 10 ms) saves
-each fetch's request, hand-over from Faust's consumer thread and wake-up of the loop, but
-the clicks then reach the worker later: in `benchmarks/bench_stream.py`'s paced runs at
-8,500 clicks/s (5 interleaved pairs) answers came 8-12 ms sooner at the median and p99 fell
-from 61-72 to 50-67 ms with one byte, for 0-5% more worker CPU; at 2,500 clicks/s, 15
-against 20-21 ms at the median, for about 0.05 CPU more.
+that the choice is visible and tested). Waiting for 32 KiB instead (or the 10 ms) saves each
+fetch's request, hand-over from Faust's consumer thread and wake-up of the loop, but the
+clicks then reach the worker later: with clicks paced as `benchmarks/bench_stream.py` paces
+them, at 8,500 clicks/s (5 interleaved pairs of a one-off script) answers came 8-12 ms
+sooner at the median and p99 fell from 61-72 to 50-67 ms with one byte, for 0-5% more worker
+CPU; at 2,500 clicks/s, 15 against 20-21 ms at the median, for about 0.05 CPU more.
 
 What this relies on (tests/test_consumer.py fails if it changes): the fetch loop calls
 `self.wait_first` with the delivery coroutine first, `Transport.create_consumer` builds
