@@ -453,6 +453,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int | None,
+    minutes: float | None,
+    jobs: int,
+    target: int | None,
+) -> None:
+    """Run up to `n_trials` trials within `minutes`, `jobs` at a time; queued ones first.
+
+    With a database storage two of Optuna's threads can take the same enqueued trial: both
+    train it, and the second to finish fails the whole search on reporting it (optuna issue
+    #4002; seen here with --start-from and --jobs 2). So the queue (the --start-from point)
+    runs on one thread before the others start.
+    """
+    from optuna.trial import TrialState
+
+    progress = ProgressLine(target)
+    deadline = None if minutes is None else time.monotonic() + minutes * 60
+
+    def optimize(n: int | None, n_jobs: int) -> None:
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        study.optimize(
+            objective,
+            n_trials=n,
+            timeout=timeout,
+            n_jobs=n_jobs,
+            catch=(FloatingPointError,),
+            callbacks=[progress],
+        )
+
+    queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    if jobs > 1 and queued:
+        first = queued if n_trials is None else min(queued, n_trials)
+        optimize(first, 1)
+        n_trials = None if n_trials is None else n_trials - first
+        if n_trials == 0 or (deadline is not None and time.monotonic() >= deadline):
+            return
+    optimize(n_trials, jobs)
+
+
 def _space_and_base(args: argparse.Namespace) -> tuple[SearchSpace, TrainConfig]:
     from batch_training.config import ConfigError, apply_overrides
 
@@ -529,14 +570,7 @@ def _tune(argv: list[str]) -> int:
             eval_batch_size=args.eval_batch_size,
         )
         try:
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=None if args.minutes is None else args.minutes * 60,
-                n_jobs=args.jobs,
-                catch=(FloatingPointError,),
-                callbacks=[ProgressLine(args.trials)],
-            )
+            run_trials(study, objective, remaining, args.minutes, args.jobs, args.trials)
         except KeyboardInterrupt:
             interrupted = True
     if not complete(study):

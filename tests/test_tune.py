@@ -281,3 +281,19 @@ def test_a_preset_can_be_the_first_point_tried_once_per_study(tmp_path):
     assert study.trials[0].user_attrs[tune.START_FROM] == "leave-one-out-xe"
     assert len(study.trials) == 2 and study.trials[1].params != study.trials[0].params
     assert tune.main([*argv, "--trials", "3", "--start-from", "no-such-preset"]) == 2
+
+
+def test_the_start_from_point_runs_once_when_trials_run_in_parallel(tmp_path):
+    """With --jobs 2, Optuna's threads could both take the enqueued --start-from trial from the
+    SQLite study and the second to finish failed the search (optuna issue #4002): the queue
+    now runs on one thread before the others start."""
+    study_file = tmp_path / "study.sqlite"
+    argv = [*SLICE, *SMALL, "--study", str(study_file), "--out", str(tmp_path / "best.json")]
+    argv += ["--start-from", "leave-one-out-xe", "--threads", "1", "--quiet", "--jobs", "2"]
+    assert tune.main([*argv, "--trials", "4"]) == 0
+    study = optuna.load_study(study_name=tune.DEFAULT_STUDY_NAME, storage=f"sqlite:///{study_file}")
+    states = [t.state for t in study.trials]
+    assert len(states) == 4 and optuna.trial.TrialState.FAIL not in states
+    started_from = [t for t in study.trials if tune.START_FROM in t.user_attrs]
+    assert len(started_from) == 1 and started_from[0].number == 0
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
