@@ -73,10 +73,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 def _time_arg(value: str | None, flag: str) -> int | None:
     if value is None:
         return None
-    from schemas.events import ValidationError, parse_timestamp
+    from schemas.events import ValidationError, parse_time_text
 
     try:
-        return parse_timestamp(int(value) if value.lstrip("-").isdigit() else value)
+        return parse_time_text(value)
     except ValidationError as exc:
         raise CliError(f"{flag} {value!r}: {exc}") from None
 

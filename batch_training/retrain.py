@@ -43,7 +43,6 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
 
 from batch_training.cli_args import add_overrides_argument
 from batch_training.gate import (
@@ -63,7 +62,7 @@ from kafka_io.errors import KafkaSetupError, check_connection
 from kafka_io.settings import KafkaConfigError
 from schemas.artifact import ArtifactError
 from schemas.durations import format_duration, parse_duration_ms
-from schemas.events import ValidationError, parse_timestamp
+from schemas.events import ValidationError, parse_time_text
 from schemas.registry import LockHeld, Registry, RunLock
 from schemas.signing import KeyFileError, read_key_file
 from schemas.topics import CLICKS, MODEL_UPDATES
@@ -96,9 +95,8 @@ def _duration_arg(text: str) -> int:
 def _until_arg(text: str) -> int | str:
     if text in ("now", "latest"):
         return text
-    value: Any = int(text) if text.lstrip("-").isdigit() else text
     try:
-        return parse_timestamp(value)
+        return parse_time_text(text)
     except ValidationError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc.reason}") from None
 

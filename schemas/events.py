@@ -333,6 +333,12 @@ def parse_timestamp(value: Any) -> int:
     )
 
 
+def parse_time_text(text: str) -> int:
+    """A time typed on a command line: epoch milliseconds as digits, else ISO 8601 (naive = UTC)."""
+    stripped = text.strip()
+    return parse_timestamp(int(stripped) if stripped.lstrip("-").isdigit() else stripped)
+
+
 def validate_click(
     d: Any, *, limits: ValidationLimits = DEFAULT_LIMITS, now_ms: int | None = None
 ) -> ClickEvent:

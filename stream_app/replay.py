@@ -14,13 +14,12 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Any
 
 from kafka_io.cli import add_kafka_arguments, settings_from_args
 from kafka_io.errors import check_connection, explain
 from kafka_io.settings import KafkaConfigError, KafkaSettings
 from schemas.artifact import ArtifactError
-from schemas.events import ClickEvent, ValidationError, parse_timestamp
+from schemas.events import ClickEvent, ValidationError, parse_time_text
 from schemas.registry import Registry
 from schemas.topics import CLICKS
 from stream_app.replay_live import LiveResult, replay_live
@@ -43,9 +42,8 @@ from stream_app.replay_report import (
 
 def parse_time(text: str) -> int:
     """Epoch milliseconds or ISO 8601 (naive = UTC) -> epoch ms."""
-    value: Any = int(text) if text.lstrip("-").isdigit() else text
     try:
-        return parse_timestamp(value)
+        return parse_time_text(text)
     except ValidationError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc.reason}") from None
 

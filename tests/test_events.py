@@ -20,6 +20,7 @@ from schemas.events import (
     ValidationError,
     decode_click,
     encode_click,
+    parse_time_text,
     validate_click,
 )
 
@@ -116,6 +117,27 @@ def test_iso_timestamps_equal_their_epoch_milliseconds(when: datetime, offset_mi
 
 def test_integral_float_timestamp_is_accepted() -> None:
     assert decode(valid_dict(timestamp=float(NOW_MS))).timestamp == NOW_MS
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1790000000000", NOW_MS),
+        (" 1790000000000 ", NOW_MS),
+        ("-5", -5),
+        ("2026-09-21", 1_789_948_800_000),
+        ("2026-09-21T14:13:20Z", NOW_MS),
+        ("2026-09-21T16:13:20+02:00", NOW_MS),
+    ],
+)
+def test_command_line_times_are_milliseconds_or_iso(text: str, expected: int) -> None:
+    assert parse_time_text(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "12h", "2026-13-01", "1.5"])
+def test_command_line_times_that_are_neither_are_refused(text: str) -> None:
+    with pytest.raises(ValidationError, match="timestamp"):
+        parse_time_text(text)
 
 
 # --- nothing but ValidationError ----------------------------------------------------------------
