@@ -3,6 +3,7 @@
     gru4stream broker start                     # or any cluster: --kafka-config FILE, --bootstrap
     python benchmarks/bench_stream.py           # 3 runs of everything (about 6 minutes)
     python benchmarks/bench_stream.py --runs 1 --events 20000
+    python benchmarks/bench_stream.py --quick --compare ../other --compare-rates 2500,8500
 
 What it measures, for the micro-batching worker and for the naive baseline worker
 (`--naive`: one click at a time, numpy scores over all items + a full sort, no executor),
@@ -18,6 +19,10 @@ worker goes past it: it takes its batches and fetches without Faust's per-event 
               the latency is the time the answer is read back from `recommendations` minus
               that (click -> producer -> broker -> worker -> broker -> consumer); the first
               10% of each run is warm-up
+With --compare DIR (another checkout, e.g. a `git worktree` of an earlier commit) the two
+workers' backlog rates, and with --compare-rates their latency and CPU a click at those
+paced rates, are measured in runs that alternate between them (ABBA), so that a host
+whose speed drifts favours neither.
 Every figure is the median over --runs runs (fresh topics, consumer group and data dir each;
 the topics are deleted after each run: a broker left with thousands of partitions spends
 about a second of CPU every 5 s on periodic work over them, seen as latency spikes).
@@ -42,7 +47,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import uuid4
 
 import numpy as np
@@ -298,6 +303,17 @@ def print_profile(runs: list[dict[str, float]]) -> None:
     print(f"(clicks per micro-batch, mean: {statistics.median(r['batch'] for r in runs):.0f})")
 
 
+class Paced(NamedTuple):
+    """One run at a steady click rate."""
+
+    p50: float  # ms, click sent -> answer read
+    p95: float
+    p99: float
+    answers_per_s: float
+    cpu_us: float  # the worker process's CPU time per answer, µs
+    profile: dict[str, float]
+
+
 async def latency(
     settings: KafkaSettings,
     model: Path,
@@ -307,11 +323,12 @@ async def latency(
     seconds: float,
     n_items: int,
     cpus: CpuPlan | None = None,
-) -> tuple[float, float, float, float, dict[str, float]]:
-    """p50, p95, p99 (ms), the achieved answer rate at a steady click rate, the step profile."""
+    code: Path | None = None,
+) -> Paced:
+    """Latency percentiles, answer rate and worker CPU at a steady click rate."""
     run = Run.fresh("naive" if naive else "batched")
     await create_topics(settings, run)
-    worker = start_worker(settings, run, model, tmp, naive, cpus=cpus)
+    worker = start_worker(settings, run, model, tmp, naive, code, cpus)
     try:
         await asyncio.to_thread(worker.wait_ready, 90)
         events = int(rate * seconds)
@@ -320,8 +337,10 @@ async def latency(
             read_answers(settings, run.recs, events, seconds + 60, answers)
         )
         source = ClickSource(seed=2, n_items=n_items)
+        cpu_before = cpu_seconds(worker.proc.pid)
         await produce_paced(settings, run.clicks, source, rate, events)
         await reader
+        cpu_used = cpu_seconds(worker.proc.pid) - cpu_before
         profile = await asyncio.to_thread(stage_profile, worker, events)
     finally:
         worker.stop()
@@ -331,7 +350,8 @@ async def latency(
     lat = np.array([(recv * 1000 - ts) for recv, ts in steady])
     span = (steady[-1][1] - steady[0][1]) / 1000 if len(steady) > 1 else float("nan")
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-    return float(p50), float(p95), float(p99), len(steady) / span, profile
+    cpu_us = cpu_used / max(len(answers), 1) * 1e6
+    return Paced(float(p50), float(p95), float(p99), len(steady) / span, cpu_us, profile)
 
 
 async def produce_paced(
@@ -404,6 +424,47 @@ def compare_throughput(
     print(f"this / compared: {ratio:.2f}x events/s, {ratio_cpu:.2f}x events per CPU-second")
 
 
+def compare_latency(
+    settings: KafkaSettings,
+    model: Path,
+    tmp: Path,
+    args: argparse.Namespace,
+    n_items: int,
+    cpus: CpuPlan | None,
+) -> None:
+    """This checkout's worker against the one in args.compare at each paced rate, interleaved."""
+    other = args.compare.resolve()
+    print("| worker | clicks/s | p50 ms | p95 ms | p99 ms | answers/s | worker CPU µs a click |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for rate in args.compare_rates:
+        runs: dict[Path | None, list[Paced]] = {None: [], other: []}
+        for i in range(args.runs):
+            for code in (None, other) if i % 2 == 0 else (other, None):  # ABBA, as above
+                runs[code].append(
+                    asyncio.run(
+                        latency(
+                            settings, model, tmp, False, rate, args.seconds, n_items, cpus, code
+                        )
+                    )
+                )
+        medians = {}
+        for code, label in ((None, "this checkout"), (other, str(args.compare))):
+            m = [statistics.median(getattr(r, f) for r in runs[code]) for f in Paced._fields[:5]]
+            medians[code] = m
+            p99s = ", ".join(f"{r.p99:.0f}" for r in runs[code])
+            print(
+                f"| {label} | {rate:,.0f} | {m[0]:.1f} | {m[1]:.1f} | {m[2]:.1f} (runs: {p99s}) "
+                f"| {m[3]:,.0f} | {m[4]:.0f} |",
+                flush=True,
+            )
+        this, that = medians[None], medians[other]
+        print(
+            f"| this / compared | | {this[0] / that[0]:.2f}x | {this[1] / that[1]:.2f}x "
+            f"| {this[2] / that[2]:.2f}x | | {this[4] / that[4]:.2f}x |",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_kafka_arguments(parser)
@@ -432,6 +493,14 @@ def main(argv: list[str] | None = None) -> int:
         "commit's `git worktree`), its runs interleaved with this one's",
     )
     parser.add_argument(
+        "--compare-rates",
+        type=lambda text: [float(r) for r in text.split(",") if r],
+        default=[],
+        metavar="R1,R2",
+        help="with --compare: also both workers' latency at these click rates, runs "
+        "interleaved (--seconds each)",
+    )
+    parser.add_argument(
         "--shared-cpus",
         action="store_true",
         help="let the workers share every CPU with the broker and the benchmark (by default "
@@ -439,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--floor-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compare_rates and not args.compare:
+        parser.error("--compare-rates compares with --compare DIR; name the other checkout")
     try:
         settings = settings_from_args(args)
     except KafkaConfigError as exc:
@@ -480,6 +551,8 @@ def _run(settings: KafkaSettings, args: argparse.Namespace, cpus: CpuPlan | None
     results = {}
     if args.compare:
         compare_throughput(settings, model, tmp, args, n_items, cpus)
+        if args.compare_rates:
+            compare_latency(settings, model, tmp, args, n_items, cpus)
     for naive in (False,) if args.quick else (False, True):
         name = "naive" if naive else "batched"
         n = args.naive_events if naive else args.events
@@ -509,7 +582,7 @@ def _run(settings: KafkaSettings, args: argparse.Namespace, cpus: CpuPlan | None
             ]
             p50, p95, p99, achieved = (statistics.median(x[i] for x in lat) for i in range(4))
             if label != "fixed":
-                paced[label] = [x[4] for x in lat]
+                paced[label] = [x.profile for x in lat]
             print(
                 f"| {label} | {rate:,.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {achieved:,.0f} |",
                 flush=True,
