@@ -569,12 +569,13 @@ def _run(settings: KafkaSettings, args: argparse.Namespace, cpus: CpuPlan | None
             f"{per_cpu:,.0f} events per worker CPU-second"
         )
         print_profile([p for _, _, p in runs])
-        print("| load | clicks/s | p50 ms | p95 ms | p99 ms | answers/s |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
         paced = {}
         loads = [] if args.quick else [(f"{s:.0%}", best * s) for s in (0.5, 0.9)]
         if not (args.quick or naive):
             loads += [("fixed", float(rate)) for rate in args.rates]
+        if loads:
+            print("| load | clicks/s | p50 ms | p95 ms | p99 ms | answers/s |")
+            print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for label, rate in loads:
             lat = [
                 asyncio.run(latency(settings, model, tmp, naive, rate, args.seconds, n_items, cpus))

@@ -26,10 +26,10 @@ and answers came up to 1.5 s late in `benchmarks/bench_stream.py` at half load.
 They are answered at the first record (`FETCH_MIN_BYTES`, aiokafka's default, set here so
 that the choice is visible and tested). Waiting for 32 KiB instead (or the 10 ms) saves each
 fetch's request, hand-over from Faust's consumer thread and wake-up of the loop, but the
-clicks then reach the worker later: with clicks paced as `benchmarks/bench_stream.py` paces
-them, at 8,500 clicks/s (5 interleaved pairs of a one-off script) answers came 8-12 ms
-sooner at the median and p99 fell from 61-72 to 50-67 ms with one byte, for 0-5% more worker
-CPU; at 2,500 clicks/s, 15 against 20-21 ms at the median, for about 0.05 CPU more.
+clicks then reach the worker later. `benchmarks/bench_stream.py --quick --runs 4 --events
+20000 --seconds 20 --compare DIR --compare-rates 2500,8500`, DIR a copy with 32 KiB, medians
+of 4 interleaved runs: p50 / p99 15 / 28 ms against 22 / 39 at 2,500 clicks/s, and 35 / 65
+against 46 / 82 at 8,500, for 8% and 4% more worker CPU a click.
 
 What this relies on (tests/test_consumer.py fails if it changes): the fetch loop calls
 `self.wait_first` with the delivery coroutine first, `Transport.create_consumer` builds
