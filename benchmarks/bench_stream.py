@@ -45,9 +45,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from uuid import uuid4
 
 import numpy as np
@@ -82,6 +83,7 @@ CATALOGUES = {
 }
 N_ITEMS = CATALOGUES["ml-1m"][0]
 PROG = "bench_stream"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -391,6 +393,21 @@ async def produce_paced(
         await client.stop()
 
 
+def interleaved(args: argparse.Namespace, measure: Callable[[Path | None], T]) -> list[list[T]]:
+    """`measure(code)` --runs times for this checkout (code None) and for args.compare.
+
+    ABBA order: a load that rises or falls over the benchmark favours neither.
+    Returns [this checkout's results, the compared checkout's].
+    """
+    this: list[T] = []
+    other: list[T] = []
+    pair = [(None, this), (args.compare.resolve(), other)]
+    for run in range(args.runs):
+        for code, out in pair if run % 2 == 0 else pair[::-1]:
+            out.append(measure(code))
+    return [this, other]
+
+
 def compare_throughput(
     settings: KafkaSettings,
     model: Path,
@@ -400,18 +417,12 @@ def compare_throughput(
     cpus: CpuPlan | None,
 ) -> None:
     """This checkout's worker against the one in args.compare, runs interleaved."""
-    this, other = [], []
-    pair = [(None, this), (args.compare.resolve(), other)]
-    for run in range(args.runs):
-        # ABBA order: a load that rises or falls over the benchmark favours neither.
-        for code, out in pair if run % 2 == 0 else pair[::-1]:
-            out.append(
-                asyncio.run(
-                    throughput(
-                        settings, model, tmp, False, args.events, n_items, code=code, cpus=cpus
-                    )
-                )
-            )
+    this, other = interleaved(
+        args,
+        lambda code: asyncio.run(
+            throughput(settings, model, tmp, False, args.events, n_items, code=code, cpus=cpus)
+        ),
+    )
     for label, runs in (("this checkout", this), (f"{args.compare}", other)):
         rates = ", ".join(f"{r:,.0f}" for r, _, _ in runs)
         print(
@@ -433,31 +444,26 @@ def compare_latency(
     cpus: CpuPlan | None,
 ) -> None:
     """This checkout's worker against the one in args.compare at each paced rate, interleaved."""
-    other = args.compare.resolve()
     print("| worker | clicks/s | p50 ms | p95 ms | p99 ms | answers/s | worker CPU µs a click |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for rate in args.compare_rates:
-        runs: dict[Path | None, list[Paced]] = {None: [], other: []}
-        for i in range(args.runs):
-            for code in (None, other) if i % 2 == 0 else (other, None):  # ABBA, as above
-                runs[code].append(
-                    asyncio.run(
-                        latency(
-                            settings, model, tmp, False, rate, args.seconds, n_items, cpus, code
-                        )
-                    )
-                )
-        medians = {}
-        for code, label in ((None, "this checkout"), (other, str(args.compare))):
-            m = [statistics.median(getattr(r, f) for r in runs[code]) for f in Paced._fields[:5]]
-            medians[code] = m
-            p99s = ", ".join(f"{r.p99:.0f}" for r in runs[code])
+        runs = interleaved(
+            args,
+            lambda code, rate=rate: asyncio.run(
+                latency(settings, model, tmp, False, rate, args.seconds, n_items, cpus, code)
+            ),
+        )
+        medians = []
+        for label, paced in zip(("this checkout", str(args.compare)), runs, strict=True):
+            m = [statistics.median(getattr(r, f) for r in paced) for f in Paced._fields[:5]]
+            medians.append(m)
+            p99s = ", ".join(f"{r.p99:.0f}" for r in paced)
             print(
                 f"| {label} | {rate:,.0f} | {m[0]:.1f} | {m[1]:.1f} | {m[2]:.1f} (runs: {p99s}) "
                 f"| {m[3]:,.0f} | {m[4]:.0f} |",
                 flush=True,
             )
-        this, that = medians[None], medians[other]
+        this, that = medians
         print(
             f"| this / compared | | {this[0] / that[0]:.2f}x | {this[1] / that[1]:.2f}x "
             f"| {this[2] / that[2]:.2f}x | | {this[4] / that[4]:.2f}x |",
