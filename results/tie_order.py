@@ -57,9 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, help="override the preset's 200 (a quick look)")
+    parser.add_argument("--seed", type=int, help="training seed (default: the preset's, 42)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides = {} if args.epochs is None else {"n_epochs": args.epochs}
+    overrides: dict[str, int] = {}
+    if args.epochs is not None:
+        overrides["n_epochs"] = args.epochs
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     log = read_movielens_100k()
     print(
         "| same-second ratings | pairs ascending | pairs in one second | best epoch "
