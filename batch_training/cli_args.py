@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from batch_training.valid_metric import ValidMetric
 from kafka_io.cli import add_kafka_arguments, report_failure, run_kafka, settings_from_args
 from kafka_io.errors import KafkaSetupError, check_connection
 from kafka_io.settings import KafkaConfigError
@@ -32,6 +33,19 @@ def add_overrides_argument(parser: argparse.ArgumentParser, help: str) -> None:
     """`--set KEY=VALUE` (repeatable) into `args.overrides`: config fields to override."""
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
+def add_valid_metric_argument(parser: argparse.ArgumentParser) -> None:
+    """`--valid-metric [PROTOCOL:]NAME@K` into `args.valid_metric` (a ValidMetric or None)."""
+    parser.add_argument(
+        "--valid-metric",
+        type=ValidMetric.argument,
+        default=None,
+        metavar="[PROTOCOL:]NAME@K",
+        help="what early stopping maximises on the validation set: recall@20 (default), "
+        "mrr@20, ndcg@K under full ranking; sampled:hr@K, sampled:ndcg@K among the "
+        "validation set's sampled negatives (default in window mode: sampled:ndcg@5)",
     )
 
 

@@ -21,6 +21,7 @@ from batch_training.cli_args import (
     CliError,
     add_overrides_argument,
     add_source_arguments,
+    add_valid_metric_argument,
     choose_protocols,
     format_table,
     load_data,
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="test protocols; auto = full, plus sampled where the data gives negatives",
     )
     parser.add_argument("--no-validation", action="store_true", help="train all epochs")
+    add_valid_metric_argument(parser)
     parser.add_argument(
         "--history-window",
         type=int,
@@ -127,6 +129,8 @@ def _train(argv: list[str]) -> int:
         config = apply_overrides(config, args.overrides)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+    if args.valid_metric is not None and args.no_validation:
+        raise CliError("--valid-metric: nothing is validated with --no-validation")
     if args.checkpoint is not None and config.mode != "window":
         raise CliError(f"--checkpoint: resumes the history-window mode only ({args.preset} is not)")
 
@@ -150,9 +154,13 @@ def _train(argv: list[str]) -> int:
         validate=not args.no_validation,
         eval_batch_size=args.eval_batch_size,
         checkpoint=args.checkpoint,
+        valid_metric=args.valid_metric,
     )
-    # What early stopping maximised: validation recall@20, or NDCG@5 in window mode.
-    valid_metric = TrainingPipeline(split, config, options).valid_metric
+    # What early stopping maximises: validation recall@20, NDCG@5 in window mode, or as given.
+    try:
+        valid_metric = TrainingPipeline(split, config, options).valid_metric
+    except ValueError as exc:
+        raise CliError(f"--valid-metric: {exc}") from None
     if rank > 0:  # a helper rank trains its share; rank 0 evaluates, exports and writes
         TrainingPipeline(split, config, options).train()
         distributed.shutdown()
@@ -198,6 +206,7 @@ def _train(argv: list[str]) -> int:
             "best_epoch": result.best_epoch,
             "train_seconds": round(trained.train_seconds, 1),
             "history_window": window,
+            "valid_metric": None if best_valid is None else str(valid_metric),
             "history": result.history,
             "test": test,
         },

@@ -38,13 +38,14 @@ from batch_training.evaluate import (
 from batch_training.export import export_artifact
 from batch_training.model import GRU4Rec
 from batch_training.train import TrainResult, train
+from batch_training.valid_metric import ValidMetric
 from batch_training.window_train import train_windows
 from schemas.artifact import read_artifact
 
-VALID_METRIC = "recall@20"  # early stopping, full ranking on the validation set
+VALID_METRIC = ValidMetric("full", "recall", 20)  # the default: full-ranking Recall@20
 # The history-window mode stops as ReChorus does: on NDCG@5 of the validation set's target
 # among its sampled negatives (when the split gives negatives; else VALID_METRIC).
-WINDOW_VALID_METRIC = "ndcg@5"
+WINDOW_VALID_METRIC = ValidMetric("sampled", "ndcg", 5)
 
 
 class Split(Protocol):
@@ -71,6 +72,7 @@ class PipelineOptions:
     validate: bool = False  # early stopping on the split's validation set, when it has one
     eval_batch_size: int = 256
     checkpoint: Path | None = None  # window mode: saved after every epoch, resumed if there
+    valid_metric: ValidMetric | None = None  # None = the mode's default
 
     @property
     def show_eval_progress(self) -> bool:
@@ -147,11 +149,20 @@ class TrainingPipeline:
         return limit_history(self.split.test, self.options.history_window)
 
     @property
-    def valid_metric(self) -> str:
+    def valid_metric(self) -> ValidMetric:
         """What early stopping maximises, on the validation set."""
         valid = self.split.valid
         sampled = valid is not None and valid.negatives is not None
-        return WINDOW_VALID_METRIC if self.config.mode == "window" and sampled else VALID_METRIC
+        if self.options.valid_metric is None:
+            window = self.config.mode == "window" and sampled
+            return WINDOW_VALID_METRIC if window else VALID_METRIC
+        metric = self.options.valid_metric
+        if metric.protocol == "sampled" and valid is not None and not sampled:
+            raise ValueError(
+                f"validation metric {metric}: the validation set has no sampled negatives; "
+                "choose a full-ranking metric such as recall@20"
+            )
+        return metric
 
     def _validator(self) -> Callable[[GRU4Rec], float] | None:
         opts = self.options
@@ -159,19 +170,16 @@ class TrainingPipeline:
             return None
         valid_data = limit_history(self.split.valid, opts.history_window)
         metric = self.valid_metric
-        # Window mode: NDCG@5 among the sampled negatives; else full-ranking Recall@20.
-        protocol, cutoff = (
-            (evaluate_sampled, 5) if metric == WINDOW_VALID_METRIC else (evaluate_full, 20)
-        )
+        protocol = evaluate_sampled if metric.protocol == "sampled" else evaluate_full
 
         def validate(model: GRU4Rec) -> float:
             return protocol(
                 GRU4RecScorer(model),
                 valid_data,
-                (cutoff,),
+                (metric.k,),
                 batch_size=opts.eval_batch_size,
                 progress=opts.show_eval_progress,
-            )[metric]
+            )[metric.key]
 
         return validate
 

@@ -33,6 +33,7 @@ from batch_training.cli_args import (
     CliError,
     add_overrides_argument,
     add_source_arguments,
+    add_valid_metric_argument,
     load_data,
     run_command,
     setup_logging,
@@ -41,6 +42,7 @@ from batch_training.cli_args import (
     write_json,
 )
 from batch_training.tune_space import SearchSpace, SpaceError, config_with, load_space
+from batch_training.valid_metric import ValidMetric
 from kafka_io.cli import redact_argv
 from schemas.events import DAY_MS
 
@@ -52,8 +54,8 @@ if TYPE_CHECKING:  # optuna and torch load only once a command runs
 
 log = logging.getLogger(__name__)
 
-# The early-stopping metric (pipeline.VALID_METRIC); a pipeline may name another
-# (`valid_metric`), which each trial records.
+# The metric of trials that did not record one (pipeline.VALID_METRIC); each trial records
+# the metric it maximised (`--valid-metric`, or the pipeline's default for its mode).
 METRIC = "recall@20"
 DEFAULT_STUDY_NAME = "gru4stream-tune"
 # The user attribute naming the preset a trial's point came from (--start-from).
@@ -160,8 +162,10 @@ def make_objective(
     device: str = "auto",
     history_window: int = 0,
     eval_batch_size: int = 256,
+    valid_metric: ValidMetric | None = None,
 ) -> Callable[[optuna.Trial], float]:
-    """The objective: train one point of the space, return its best validation Recall@20."""
+    """The objective: train one point of the space, return its best validation metric
+    (Recall@20 unless `valid_metric` names another; see pipeline.TrainingPipeline)."""
     from batch_training.pipeline import PipelineOptions
 
     options = PipelineOptions(
@@ -171,12 +175,13 @@ def make_objective(
         history_window=history_window,
         validate=True,
         eval_batch_size=eval_batch_size,
+        valid_metric=valid_metric,
     )
 
     def objective(trial: optuna.Trial) -> float:
         config = space.suggest(trial, base)
         pipeline = _pruning_pipeline(split, config, options, trial)
-        trial.set_user_attr("metric", getattr(pipeline, "valid_metric", METRIC))
+        trial.set_user_attr("metric", str(pipeline.valid_metric))
         try:
             result, seconds = pipeline.train()
         except FloatingPointError as exc:  # a diverging learning rate: a failed point
@@ -448,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--history-window", type=int, default=None)
+    add_valid_metric_argument(parser)
     parser.add_argument("--eval-batch-size", type=int, default=256)
     parser.add_argument("--quiet", action="store_true", help="only the progress lines")
     return parser
@@ -531,6 +537,12 @@ def _tune(argv: list[str]) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # ProgressLine says it once
     split = tuning_split(load_data(args), args.valid_days)
+    metric = args.valid_metric
+    if metric is not None and metric.protocol == "sampled" and split.valid.negatives is None:
+        raise CliError(
+            f"--valid-metric {metric}: the validation set ({split.how}) has no sampled "
+            "negatives; choose a full-ranking metric such as recall@20"
+        )
     window = base.max_history if args.history_window is None else args.history_window
     details = {
         "data": source_description(args),
@@ -538,6 +550,8 @@ def _tune(argv: list[str]) -> int:
         "history_window": window,
     }
     fingerprint = {**details, "space": space.to_dict(), "fixed": _plain(base)}
+    if args.valid_metric is not None:  # absent in studies made before the option
+        fingerprint["valid_metric"] = str(args.valid_metric)
     study = open_study(args.study, args.study_name, fingerprint, args.seed, not args.no_prune)
     if args.start_from is not None:
         # Optuna runs enqueued points before sampling; an identical one already in the
@@ -568,6 +582,7 @@ def _tune(argv: list[str]) -> int:
             device=args.device,
             history_window=window,
             eval_batch_size=args.eval_batch_size,
+            valid_metric=args.valid_metric,
         )
         try:
             run_trials(study, objective, remaining, args.minutes, args.jobs, args.trials)

@@ -297,3 +297,26 @@ def test_the_start_from_point_runs_once_when_trials_run_in_parallel(tmp_path):
     started_from = [t for t in study.trials if tune.START_FROM in t.user_attrs]
     assert len(started_from) == 1 and started_from[0].number == 0
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
+
+
+def test_a_study_maximises_the_metric_it_is_given(tmp_path, capsys):
+    """--valid-metric: trials are scored on it, and the preset says which it was; a study
+    made for one metric is not resumed for another."""
+    study_file = tmp_path / "study.sqlite"
+    out = tmp_path / "best.json"
+    argv = [*SLICE, *SMALL, "--trials", "1", "--study", str(study_file), "--out", str(out)]
+    argv += ["--threads", "1", "--quiet"]
+    assert tune.main([*argv, "--valid-metric", "sampled:hr@10"]) == 0
+    study = optuna.load_study(study_name=tune.DEFAULT_STUDY_NAME, storage=f"sqlite:///{study_file}")
+    (trial,) = study.trials
+    assert trial.user_attrs["metric"] == "sampled:hr@10"
+    preset = orjson.loads(out.read_bytes())
+    assert preset["tuning"]["valid_sampled:hr@10"] == pytest.approx(trial.value)
+    assert "validation sampled:hr@10" in preset["source"]
+    assert tune.main([*argv, "--valid-metric", "mrr@20"]) == 2  # another search: refused
+    assert "different" in capsys.readouterr().err
+
+    no_negatives = ["--split-option", "n_negatives=0", "--valid-metric", "hr@10"]
+    argv = [*SLICE, *SMALL, "--trials", "1", "--out", str(tmp_path / "x.json"), "--quiet"]
+    assert tune.main([*argv, *no_negatives]) == 2
+    assert "has no sampled negatives" in capsys.readouterr().err
