@@ -31,6 +31,7 @@ from batch_training.cli_args import (
     source_description,
     write_json,
 )
+from batch_training.valid_metric import ValidMetric
 from kafka_io.cli import redact_argv
 
 if TYPE_CHECKING:  # the pipeline imports torch: only once a command runs
@@ -100,10 +101,23 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _preset_valid_metric(preset: dict[str, Any], name: str) -> ValidMetric | None:
+    """The validation metric a preset was tuned on (`tune --valid-metric` writes it)."""
+    from batch_training.config import ConfigError
+
+    spec = preset.get("valid_metric")
+    if spec is None:
+        return None
+    try:
+        return ValidMetric.parse(str(spec))
+    except ValueError as exc:
+        raise ConfigError(f"preset {name}: {exc}") from None
+
+
 def _train(argv: list[str]) -> int:
     from batch_training import distributed
     from batch_training.checkpoint import CheckpointError
-    from batch_training.config import ConfigError, apply_overrides, load_preset
+    from batch_training.config import ConfigError, apply_overrides, load_preset, read_preset
     from batch_training.curves import plot_history
     from batch_training.pipeline import PipelineOptions, TrainingPipeline, run_pipeline
 
@@ -127,6 +141,8 @@ def _train(argv: list[str]) -> int:
         if args.epochs is not None:
             config = config.replace(n_epochs=args.epochs)
         config = apply_overrides(config, args.overrides)
+        if args.valid_metric is None and not args.no_validation:
+            args.valid_metric = _preset_valid_metric(read_preset(args.preset), args.preset)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     if args.valid_metric is not None and args.no_validation:

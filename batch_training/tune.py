@@ -595,6 +595,8 @@ def _tune(argv: list[str]) -> int:
     if args.study is not None:
         details["study"] = {"file": str(args.study), "name": args.study_name}
     preset = best_preset(study, space, base, details)
+    if args.valid_metric is not None:  # `train --preset` stops on it too
+        preset["valid_metric"] = str(args.valid_metric)
     write_json(out, preset)
     best = study.best_trial
     metric = best.user_attrs.get("metric", METRIC)

@@ -299,20 +299,31 @@ def test_the_start_from_point_runs_once_when_trials_run_in_parallel(tmp_path):
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
 
 
-def test_a_study_maximises_the_metric_it_is_given(tmp_path, capsys):
-    """--valid-metric: trials are scored on it, and the preset says which it was; a study
-    made for one metric is not resumed for another."""
+def test_a_study_maximises_the_metric_it_is_given(tmp_path, monkeypatch, capsys):
+    """--valid-metric: trials are scored on it, and the preset says which it was, so that
+    `train --preset` stops on it too; a study made for one metric is not resumed for
+    another."""
+    monkeypatch.setattr(config_module, "PRESETS_DIR", tmp_path / "presets")
     study_file = tmp_path / "study.sqlite"
-    out = tmp_path / "best.json"
-    argv = [*SLICE, *SMALL, "--trials", "1", "--study", str(study_file), "--out", str(out)]
+    argv = [*SLICE, *SMALL, "--trials", "1", "--study", str(study_file), "--out", "best"]
     argv += ["--threads", "1", "--quiet"]
     assert tune.main([*argv, "--valid-metric", "sampled:hr@10"]) == 0
     study = optuna.load_study(study_name=tune.DEFAULT_STUDY_NAME, storage=f"sqlite:///{study_file}")
     (trial,) = study.trials
     assert trial.user_attrs["metric"] == "sampled:hr@10"
-    preset = orjson.loads(out.read_bytes())
+    preset = orjson.loads((tmp_path / "presets" / "best.json").read_bytes())
+    assert preset["valid_metric"] == "sampled:hr@10"
     assert preset["tuning"]["valid_sampled:hr@10"] == pytest.approx(trial.value)
     assert "validation sampled:hr@10" in preset["source"]
+    train = [*SLICE, "--preset", "best", "--device", "cpu", "--quiet", "--threads", "1"]
+    assert train_main([*train, "--out", str(tmp_path / "run")]) == 0
+    metrics = orjson.loads((tmp_path / "run" / "metrics.json").read_bytes())
+    assert metrics["valid_metric"] == "sampled:hr@10"
+    given = ["--out", str(tmp_path / "run2"), "--valid-metric", "mrr@20"]  # the flag wins
+    assert train_main([*train, *given]) == 0
+    assert orjson.loads((tmp_path / "run2" / "metrics.json").read_bytes())["valid_metric"] == (
+        "mrr@20"
+    )
     assert tune.main([*argv, "--valid-metric", "mrr@20"]) == 2  # another search: refused
     assert "different" in capsys.readouterr().err
 

@@ -104,3 +104,16 @@ def test_a_metric_the_validation_set_cannot_give_fails_before_training(tmp_path,
         train_main([*SLICE, *QUICK, "--out", str(out), "--valid-metric", "full:hr@10"])
     assert exc.value.code == 2
     assert "expected one of" in capsys.readouterr().err
+
+
+def test_a_preset_naming_a_metric_no_evaluation_reports_is_refused(tmp_path, monkeypatch, capsys):
+    from batch_training import config as config_module
+
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    preset = {"config": {"layers": [8], "n_sample": 16}, "valid_metric": "map@3"}
+    (presets / "odd.json").write_bytes(orjson.dumps(preset))
+    monkeypatch.setattr(config_module, "PRESETS_DIR", presets)
+    argv = [*SLICE, "--preset", "odd", "--out", str(tmp_path / "run"), "--quiet"]
+    assert train_main(argv) == 2
+    assert "preset odd: validation metric 'map@3'" in capsys.readouterr().err
