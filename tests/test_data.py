@@ -249,6 +249,33 @@ def test_leave_one_out_targets():
             )
 
 
+def test_leave_one_out_without_validation_trains_on_it_and_keeps_the_test_set():
+    """A final fit on training + validation items is tested on exactly the same candidates."""
+    users = {f"u{u}": [f"i{(u * 7 + k * 3) % 40}" for k in range(3 + u % 6)] for u in range(30)}
+    seqs = sequences(users)
+    held = split_leave_one_out("tiny", seqs, SplitOptions(n_negatives=5, seed=3))
+    refit = split_leave_one_out(
+        "tiny", seqs, SplitOptions(n_negatives=5, seed=3, leave_one_out_valid=False)
+    )
+    assert refit.valid is None
+    # Training now ends at the validation target: one more item per user.
+    assert external_sessions(refit.train, refit.vocab) == {
+        u: items[:-1] for u, items in users.items()
+    }
+    assert external_sessions(held.train, held.vocab) == {
+        u: items[:-2] for u, items in users.items() if len(items) >= 4
+    }
+    for split in (held, refit):
+        assert split.test.eval_from.tolist() == (split.test.sessions.lengths - 1).tolist()
+
+    def candidates(split: DatasetSplit) -> list[list[str]]:
+        test = split.test
+        columns = np.column_stack([test.targets(), test.negatives])
+        return [split.vocab.external(row).tolist() for row in columns]
+
+    assert candidates(refit) == candidates(held)
+
+
 def test_movielens_100k_leave_one_out_against_the_raw_file():
     path = dataset_path("movielens-100k")
     with gzip.open(path, "rt") as f:
