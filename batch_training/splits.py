@@ -151,10 +151,10 @@ def split_leave_one_out(name: str, seqs: Sequences, options: SplitOptions) -> Da
     if filtering:
         seqs = preprocess(seqs, options)
     n_hold = 2 if options.leave_one_out_valid else 1
-    # Items of the histories before the last two first, so the vocabulary order follows
-    # training; counted so whether or not the validation item is held out, so that the test
-    # negatives (vocabulary indices drawn from the same seed) are the same both ways: a final
-    # fit on training + validation items is tested on the validated split's candidates.
+    # The items before each user's last two come first in the vocabulary (training follows
+    # that order). It does not depend on n_hold, so the test negatives, drawn as vocabulary
+    # indices, are the same with or without the validation hold-out: a final fit on the
+    # validation items too is tested on the same candidates.
     from_end = np.repeat(seqs.offsets[1:], seqs.lengths) - np.arange(seqs.n_clicks)
     vocab = ItemVocab.from_items(seqs.item_ids[from_end > 2], seqs.item_ids)
     full = to_session_data(seqs, vocab)
