@@ -77,7 +77,8 @@ class TrainConfig:
     # "session": session-parallel lanes (batch_training.train). "window": ReChorus's training
     # of sequential models (batch_training.window_train): every position is one example, its
     # last `max_history` items run through the GRU from a zero state (backpropagation through
-    # the window), `n_sample` uniform negatives per example outside the user's items, BPR.
+    # the window), `n_sample` uniform negatives per example outside the user's items, BPR
+    # (or cross-entropy, where n_sample 0 scores the target against every item).
     mode: str = "session"
     # bfloat16 autocast for the matrix products, on CUDA only (CPU always runs float32). Off by
     # default: GRU4Rec's per-step products are small, so casts can cost more than they save;
@@ -144,14 +145,17 @@ class TrainConfig:
         """What the history-window mode implements: ReChorus's GRU4Rec, nothing else."""
         needs = {
             "max_history": (self.max_history >= 2, "the window: must be >= 2"),
-            "loss": (self.loss == "bpr", "must be 'bpr'"),
+            "loss": (self.loss in ("bpr", "cross-entropy"), "must be 'bpr' or 'cross-entropy'"),
             "optimizer": (self.optimizer == "adam", "must be 'adam'"),
             "embedding": (self.embedding > 0, "must be > 0 (an item embedding feeds the GRU)"),
             "constrained_embedding": (not self.constrained_embedding, "must be false"),
             "layers": (len(self.layers) == 1, "must be one GRU layer"),
             "dropout_p_embed": (self.dropout_p_embed == 0, "must be 0"),
             "dropout_p_hidden": (self.dropout_p_hidden == 0, "must be 0"),
-            "n_sample": (self.n_sample >= 1, "negatives per example: must be >= 1"),
+            "n_sample": (
+                self.n_sample >= 1 or (self.n_sample == 0 and self.loss == "cross-entropy"),
+                "negatives per example: must be >= 1 (0, every item, with cross-entropy)",
+            ),
         }
         for key, (ok, why) in needs.items():
             if not ok:

@@ -7,6 +7,10 @@ and `n_sample` uniform negatives the user never clicked (redrawn every epoch) by
 with the same item embeddings. BPR loss, Adam with L2 on the weights (not the biases), the
 examples shuffled every epoch, early stopping on the validation metric.
 
+Beside ReChorus's BPR the mode takes `loss: "cross-entropy"`: a softmax over the target and
+its `n_sample` negatives, or, with `n_sample: 0`, over every item (the full catalogue, which
+is cheap next to the GRU's pass over the window for catalogues of a few thousand items).
+
 ReChorus's GRU4Rec: embedding -> GRU -> Linear(hidden -> embedding) -> dot with the item
 embeddings. The artifact has no projection, so the trained model is folded into
 `batch_training.model.GRU4Rec` (an embedding input, output weights and biases):
@@ -64,9 +68,11 @@ class WindowGRU4Rec(nn.Module):
         states, _ = self.rnn(x)  # (B, L, H), from a zero state
         return states[torch.arange(len(lengths), device=x.device), lengths.to(x.device) - 1]
 
-    def forward(self, windows: Tensor, lengths: Tensor, items: Tensor) -> Tensor:
-        """Scores (B, C) of items (B, C) after each window."""
+    def forward(self, windows: Tensor, lengths: Tensor, items: Tensor | None = None) -> Tensor:
+        """Scores (B, C) of items (B, C) after each window; items None: of every item."""
         query = self.out(self.encode(windows, lengths))  # (B, E)
+        if items is None:
+            return query @ self.item_embedding.weight.T  # (B, n_items)
         return (query[:, None, :] * self.item_embedding(items)).sum(-1)
 
     @torch.no_grad()
@@ -101,6 +107,11 @@ def bpr_loss(scores: Tensor) -> Tensor:
     return -F.logsigmoid(scores[:, :1] - scores[:, 1:]).mean(dim=1)
 
 
+def softmax_loss(scores: Tensor, targets: Tensor) -> Tensor:
+    """Per-example cross-entropy of scores (B, C) whose right column is `targets` (B,)."""
+    return F.cross_entropy(scores, targets, reduction="none")
+
+
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam, L2 on the weights only: ReChorus exempts every parameter named "bias"."""
     named = list(model.named_parameters())
@@ -114,24 +125,37 @@ def _epoch(
     model: WindowGRU4Rec,
     optimizer: torch.optim.Optimizer,
     windows: Windows,
-    negatives: np.ndarray,
+    negatives: np.ndarray | None,
     order: np.ndarray,
     config: TrainConfig,
     dev: torch.device,
     bar: tqdm,
 ) -> float:
-    """One pass over the examples in `order`; returns the mean loss per example."""
+    """One pass over the examples in `order`; returns the mean loss per example.
+    negatives None: the targets are scored against every item (a full softmax)."""
     items = torch.from_numpy(windows.items)
     lengths = torch.from_numpy(windows.lengths)
-    columns = torch.from_numpy(np.concatenate([windows.targets[:, None], negatives], axis=1))
+    targets = torch.from_numpy(windows.targets)
+    columns = None
+    if negatives is not None:  # the target first, then its negatives
+        columns = torch.from_numpy(np.concatenate([windows.targets[:, None], negatives], axis=1))
     loss_sum, t0 = 0.0, time.perf_counter()
     for i, at in enumerate(range(0, len(order), config.batch_size)):
         rows = torch.from_numpy(order[at : at + config.batch_size])
         # Windows of a batch are cut to its longest one: packing ignores the padding anyway.
         n = lengths[rows]
         longest = int(n.max())
-        scores = model(items[rows, :longest].to(dev), n, columns[rows].to(dev))  # (B, 1 + n_sample)
-        loss = bpr_loss(scores).mean()
+        window = items[rows, :longest].to(dev)
+        if columns is None:
+            scores = model(window, n)  # (B, n_items)
+            loss = softmax_loss(scores, targets[rows].to(dev)).mean()
+        else:
+            scores = model(window, n, columns[rows].to(dev))  # (B, 1 + n_sample)
+            if config.loss == "bpr":
+                loss = bpr_loss(scores).mean()
+            else:  # the target is column 0
+                first = torch.zeros(len(rows), dtype=torch.long, device=dev)
+                loss = softmax_loss(scores, first).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -238,7 +262,9 @@ def train_windows(
         for epoch in range(first, config.n_epochs + 1):
             model.train()
             t0 = time.perf_counter()
-            negatives = drawer.draw(windows.users, config.n_sample, rng)  # (n_examples, n_sample)
+            negatives = None  # n_sample 0: a softmax over every item, nothing to draw
+            if config.n_sample:
+                negatives = drawer.draw(windows.users, config.n_sample, rng)  # (n_ex, n_sample)
             order = rng.permutation(len(windows))
             desc = f"epoch {epoch}/{config.n_epochs}"
             with tqdm(

@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from batch_training.config import ConfigError, TrainConfig, load_preset
 from batch_training.export import export_artifact
 from batch_training.train import TrainResult
-from batch_training.window_train import WindowGRU4Rec, bpr_loss, train_windows
+from batch_training.window_train import WindowGRU4Rec, bpr_loss, softmax_loss, train_windows
 from batch_training.windows import PAD, NegativeDrawer, build_windows
 from schemas.artifact import read_artifact
 from scoring import ServingModel
@@ -162,6 +162,25 @@ def test_bpr_loss_is_minus_log_sigmoid_of_the_margin():
     torch.testing.assert_close(bpr_loss(scores), expected)
 
 
+def test_the_softmax_loss_over_every_item_or_over_sampled_columns_is_minus_log_softmax():
+    torch.manual_seed(2)
+    model = WindowGRU4Rec(15, 8, 12)
+    windows = torch.tensor([[3, 4, PAD], [5, 6, 7]])
+    lengths, targets = torch.tensor([2, 3]), torch.tensor([9, 0])
+    with torch.no_grad():
+        every = model(windows, lengths)  # (2, 15): every item, without naming them
+        named = model(windows, lengths, torch.arange(15).expand(2, 15))
+        torch.testing.assert_close(every, named)
+        expected = -torch.log_softmax(every, dim=1)[torch.arange(2), targets]
+        torch.testing.assert_close(softmax_loss(every, targets), expected)
+        # sampled: the target in column 0, then its negatives; only those columns compete
+        columns = torch.tensor([[9, 1, 2], [0, 14, 3]])
+        sampled = model(windows, lengths, columns)
+        expected = -torch.log_softmax(every.gather(1, columns), dim=1)[:, 0]
+        first = torch.zeros(2, dtype=torch.long)
+        torch.testing.assert_close(softmax_loss(sampled, first), expected)
+
+
 def test_the_folded_artifact_serves_the_scores_of_the_trained_window_model(tmp_path):
     torch.manual_seed(1)
     n_items = 25
@@ -197,7 +216,10 @@ def test_the_folded_artifact_serves_the_scores_of_the_trained_window_model(tmp_p
 
 def test_window_mode_refuses_what_it_does_not_implement():
     with pytest.raises(ConfigError, match="loss"):
-        window_config(loss="cross-entropy")
+        window_config(loss="bpr-max")
+    with pytest.raises(ConfigError, match="n_sample"):
+        window_config(n_sample=0)  # BPR needs a negative
+    assert window_config(loss="cross-entropy", n_sample=0).n_sample == 0  # every item
     with pytest.raises(ConfigError, match="layers"):
         window_config(layers=(12, 12))
     with pytest.raises(ConfigError, match="max_history"):
@@ -207,7 +229,10 @@ def test_window_mode_refuses_what_it_does_not_implement():
     assert TrainConfig().mode == "session"  # the default stays session-parallel
 
 
-def test_training_learns_a_cycle_and_keeps_the_best_validated_epoch():
+@pytest.mark.parametrize(
+    ("loss", "n_sample"), [("bpr", 1), ("cross-entropy", 3), ("cross-entropy", 0)]
+)
+def test_training_learns_a_cycle_and_keeps_the_best_validated_epoch(loss, n_sample):
     n_items = 20
     rng = np.random.default_rng(0)
     starts = rng.integers(0, n_items, 200)
@@ -215,6 +240,7 @@ def test_training_learns_a_cycle_and_keeps_the_best_validated_epoch():
         *[[(s + k) % n_items for k in range(int(rng.integers(4, 12)))] for s in starts]
     )
     config = window_config(n_epochs=5, patience=2, max_history=5, learning_rate=0.02, batch_size=32)
+    config = config.replace(loss=loss, n_sample=n_sample)
     calls: list[float] = []
 
     def validate(model) -> float:
