@@ -41,7 +41,13 @@ from batch_training.cli_args import (
     source_description,
     write_json,
 )
-from batch_training.tune_space import SearchSpace, SpaceError, config_with, load_space
+from batch_training.tune_space import (
+    SearchSpace,
+    SpaceError,
+    config_with,
+    list_spaces,
+    load_space,
+)
 from batch_training.valid_metric import ValidMetric
 from kafka_io.cli import redact_argv
 from schemas.events import DAY_MS
@@ -409,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--space",
         default="xe",
-        help="a space in batch_training/spaces (xe, bprmax, xe-wide, xe-loo) "
+        help=f"a space in batch_training/spaces ({', '.join(list_spaces())}) "
         "or a JSON file (default: xe, the authors' cross-entropy space)",
     )
     budget = parser.add_argument_group("budget (at least one)")

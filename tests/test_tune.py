@@ -331,3 +331,21 @@ def test_a_study_maximises_the_metric_it_is_given(tmp_path, monkeypatch, capsys)
     argv = [*SLICE, *SMALL, "--trials", "1", "--out", str(tmp_path / "x.json"), "--quiet"]
     assert tune.main([*argv, *no_negatives]) == 2
     assert "has no sampled negatives" in capsys.readouterr().err
+
+
+def test_the_window_space_searches_the_history_window_mode_on_sampled_ndcg(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "PRESETS_DIR", tmp_path / "presets")
+    argv = [*SLICE, "--space", "window-xe", "--trials", "2", "--epochs", "1", "--out", "win"]
+    argv += ["--set", "layers=[16]", "--set", "max_history=5", "--threads", "1", "--quiet"]
+    assert tune.main(argv) == 0
+    preset = orjson.loads((tmp_path / "presets" / "win.json").read_bytes())
+    config = preset["config"]
+    assert (config["mode"], config["loss"], config["n_sample"]) == ("window", "cross-entropy", 0)
+    # the window mode validates as ReChorus does: NDCG@5 among the sampled negatives
+    assert 0 < preset["tuning"]["valid_sampled:ndcg@5"] < 1
+    run = tmp_path / "run"
+    train_argv = [*SLICE, "--preset", "win", "--device", "cpu", "--out", str(run)]
+    assert train_main([*train_argv, "--quiet", "--threads", "1"]) == 0
+    metrics = orjson.loads((run / "metrics.json").read_bytes())
+    assert metrics["config"]["mode"] == "window"
+    assert metrics["config"]["weight_decay"] == pytest.approx(config["weight_decay"])
