@@ -182,7 +182,7 @@ def test_presets_load_and_carry_their_published_values():
     )
     rechorus = load_preset("rechorus")
     assert rechorus.input_kind == "embedding" and rechorus.embedding == 64
-    assert rechorus.optimizer == "adam" and rechorus.weight_decay == 1e-4
+    assert rechorus.optimizer == "adam" and rechorus.weight_decay == 1e-6
     assert load_preset("quick", n_epochs=1).n_epochs == 1
     with pytest.raises(ConfigError, match="no preset"):
         load_preset("nope")

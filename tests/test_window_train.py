@@ -50,7 +50,7 @@ def test_a_short_window_run_beats_most_popular_by_a_wide_margin(run_dir, tmp_pat
     assert evaluate_main([*DATA, "--baseline", "pop", "--json", str(tmp_path / "pop.json")]) == 0
     pop = read_json(tmp_path / "pop.json")["results"]
     assert pop["sampled"]["n_examples"] == model["sampled"]["n_examples"] == 943
-    # seed 42: HR@10 0.563 and NDCG@10 0.309 against 0.401 and 0.223 for popularity
+    # seed 42: HR@10 0.576 and NDCG@10 0.321 against 0.401 and 0.223 for popularity
     assert model["sampled"]["hr@10"] >= pop["sampled"]["hr@10"] + 0.10
     assert model["sampled"]["ndcg@10"] >= 1.25 * pop["sampled"]["ndcg@10"]
 
