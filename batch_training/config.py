@@ -142,7 +142,7 @@ class TrainConfig:
             self._validate_window(bad)
 
     def _validate_window(self, bad: Callable[[str, str], ConfigError]) -> None:
-        """What the history-window mode implements: ReChorus's GRU4Rec, nothing else."""
+        """What the history-window mode implements: ReChorus's GRU4Rec, BPR or a softmax."""
         needs = {
             "max_history": (self.max_history >= 2, "the window: must be >= 2"),
             "loss": (self.loss in ("bpr", "cross-entropy"), "must be 'bpr' or 'cross-entropy'"),

@@ -108,7 +108,7 @@ def bpr_loss(scores: Tensor) -> Tensor:
 
 
 def softmax_loss(scores: Tensor, targets: Tensor) -> Tensor:
-    """Per-example cross-entropy of scores (B, C) whose right column is `targets` (B,)."""
+    """Per-example cross-entropy of scores (B, C); `targets` (B,) names each row's true column."""
     return F.cross_entropy(scores, targets, reduction="none")
 
 
