@@ -41,13 +41,7 @@ from batch_training.cli_args import (
     source_description,
     write_json,
 )
-from batch_training.tune_space import (
-    SearchSpace,
-    SpaceError,
-    config_with,
-    list_spaces,
-    load_space,
-)
+from batch_training.tune_space import SearchSpace, SpaceError, config_with, list_spaces, load_space
 from batch_training.valid_metric import ValidMetric
 from kafka_io.cli import redact_argv
 from schemas.events import DAY_MS

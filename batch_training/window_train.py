@@ -139,6 +139,7 @@ def _epoch(
     columns = None
     if negatives is not None:  # the target first, then its negatives
         columns = torch.from_numpy(np.concatenate([windows.targets[:, None], negatives], axis=1))
+    column_0 = torch.zeros(config.batch_size, dtype=torch.long, device=dev)
     loss_sum, t0 = 0.0, time.perf_counter()
     for i, at in enumerate(range(0, len(order), config.batch_size)):
         rows = torch.from_numpy(order[at : at + config.batch_size])
@@ -146,16 +147,11 @@ def _epoch(
         n = lengths[rows]
         longest = int(n.max())
         window = items[rows, :longest].to(dev)
-        if columns is None:
-            scores = model(window, n)  # (B, n_items)
-            loss = softmax_loss(scores, targets[rows].to(dev)).mean()
-        else:
-            scores = model(window, n, columns[rows].to(dev))  # (B, 1 + n_sample)
-            if config.loss == "bpr":
-                loss = bpr_loss(scores).mean()
-            else:  # the target is column 0
-                first = torch.zeros(len(rows), dtype=torch.long, device=dev)
-                loss = softmax_loss(scores, first).mean()
+        if columns is None:  # every item, the target at its own index
+            scores, truth = model(window, n), targets[rows].to(dev)  # (B, n_items)
+        else:  # (B, 1 + n_sample), the target in column 0
+            scores, truth = model(window, n, columns[rows].to(dev)), column_0[: len(rows)]
+        loss = (bpr_loss(scores) if config.loss == "bpr" else softmax_loss(scores, truth)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
